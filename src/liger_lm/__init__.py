@@ -1,0 +1,28 @@
+"""liger-lm: linearize pretrained Llama / Mistral / Qwen2 / Qwen3 models with Liger (arXiv 2503.01496)."""
+
+from .config import FEATURE_MAPS, GATES, LigerConfig, LigerConfigError
+from .convert import convert, is_converted
+from .modeling.adapters import UnsupportedModelError
+from .modeling.cache import LigerCacheLayer
+from .modeling.hf import register_auto_classes
+from .modeling.mixer import LigerAttention
+from . import evaluate
+from .models import DEFAULT_MODEL_NOTE, load_default_model, load_model
+
+register_auto_classes()
+
+__version__ = "0.1.0"
+__all__ = [
+    "DEFAULT_MODEL_NOTE",
+    "FEATURE_MAPS",
+    "GATES",
+    "LigerAttention",
+    "LigerCacheLayer",
+    "LigerConfig",
+    "LigerConfigError",
+    "UnsupportedModelError",
+    "convert",
+    "is_converted",
+    "load_default_model",
+    "load_model",
+]

@@ -1,0 +1,5 @@
+"""`python -m liger_lm` = the `liger` command."""
+
+from .cli import main
+
+main()

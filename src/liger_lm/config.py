@@ -1,0 +1,94 @@
+"""`LigerConfig`: the typed conversion settings (DESIGN.md §1), with the paper's defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+GATES = {
+    "gla": "Gated Linear Attention: per-key-dim decay exp(logsigmoid(g)/16) (paper default)",
+}
+FEATURE_MAPS = {
+    "softmax": "softmax over the head dimension, no parameters (paper default)",
+}
+
+CONFIG_FORMAT_VERSION = 1
+
+
+class LigerConfigError(ValueError):
+    """A Liger setting is invalid; the message says which one and what is allowed."""
+
+
+@dataclass
+class LigerConfig:
+    """How to linearize a model. Field names double as keyword overrides of `liger_lm.convert`.
+
+    gate:            gated recurrence of the linear branch (see `liger_lm.GATES`).
+    feature_map:     feature map φ applied to q and k of the linear branch.
+    window:          sliding-window size w of the softmax branch (tokens, including the current one).
+    rec_weight:      α, weight of the recurrent (linear) branch.
+    swa_weight:      β, weight of the sliding-window softmax branch.
+    gate_normalizer: τ in exp(logsigmoid(g)/τ) (16 in the paper).
+    softmax_layers:  layer indices left as the model's own softmax attention (inter-layer hybrid).
+    chunk_size:      block length of the chunked recurrent form (speed knob, no effect on results).
+    """
+
+    gate: str = "gla"
+    feature_map: str = "softmax"
+    window: int = 64
+    rec_weight: float = 0.5
+    swa_weight: float = 0.5
+    gate_normalizer: float = 16.0
+    softmax_layers: list[int] = field(default_factory=list)
+    chunk_size: int = 16
+
+    def __post_init__(self) -> None:
+        self.softmax_layers = sorted(set(int(i) for i in self.softmax_layers))
+        self.validate()
+
+    def validate(self, num_layers: int | None = None) -> None:
+        """Raise `LigerConfigError` naming the first bad field; `num_layers` also checks layer indices."""
+        _check_choice("gate", self.gate, GATES)
+        _check_choice("feature_map", self.feature_map, FEATURE_MAPS)
+        _check_positive_int("window", self.window)
+        _check_positive_int("chunk_size", self.chunk_size)
+        for name in ("rec_weight", "swa_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise LigerConfigError(f"{name} must be a number ≥ 0, got {value!r}")
+        if self.rec_weight == 0 and self.swa_weight == 0:
+            raise LigerConfigError("rec_weight and swa_weight are both 0: at least one branch must be on")
+        if self.gate_normalizer <= 0:
+            raise LigerConfigError(f"gate_normalizer must be > 0, got {self.gate_normalizer!r}")
+        if num_layers is not None:
+            bad = [i for i in self.softmax_layers if not 0 <= i < num_layers]
+            if bad:
+                raise LigerConfigError(
+                    f"softmax_layers {bad} out of range: the model has layers 0..{num_layers - 1}"
+                )
+
+    def replace(self, **overrides: Any) -> LigerConfig:
+        """A copy with `overrides` applied; unknown names raise `LigerConfigError`."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise LigerConfigError(f"unknown Liger setting(s) {unknown}; valid names: {sorted(known)}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LigerConfig:
+        return cls().replace(**data)
+
+
+def _check_choice(name: str, value: Any, choices: dict[str, str]) -> None:
+    if value not in choices:
+        raise LigerConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise LigerConfigError(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,127 @@
+"""Per-layer decode cache of a Liger layer: constant size in context length.
+
+A Liger layer keeps, per sequence:
+  * the fp32 recurrent state S  [B, H, K, V];
+  * a rolling buffer of the last `window − 1` RoPE'd keys and values  [B, L, H_kv, D]  (L ≤ window − 1),
+    with a validity flag per buffered token  [B, L]  so that left padding never becomes attendable;
+  * the number of tokens seen (positions for generate(), counted in tokens, not heads).
+
+The layer plugs into any transformers `Cache` (DynamicCache, the one `generate()` builds): `liger_cache_layer`
+swaps it in at the mixer's index on first use, so stock `generate()` needs no special arguments.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
+
+
+class LigerCacheLayer(CacheLayerMixin):
+    """Recurrent state + sliding-window buffer for one Liger layer (see module docstring)."""
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+    supports_early_init = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__()
+        self.state: torch.Tensor | None = None
+        self.key_valid: torch.Tensor | None = None
+        self.seen_tokens = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        raise NotImplementedError("a Liger layer updates its cache with `advance`, not the KV-cache `update`")
+
+    def window_keys(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """The buffered past keys, values [B, L, H_kv, D] and their validity [B, L] (None before the first call)."""
+        return self.keys, self.values, self.key_valid
+
+    def advance(
+        self,
+        state: torch.Tensor | None,
+        keys: torch.Tensor | None,
+        values: torch.Tensor | None,
+        key_valid: torch.Tensor | None,
+        new_tokens: int,
+        window: int,
+    ) -> None:
+        """Store the new state and keep only the last `window − 1` of (buffer + new) keys/values."""
+        self.state = state
+        if keys is not None:
+            # clone: a slice would keep the whole prefill's keys alive through its storage
+            start = max(keys.shape[1] - (window - 1), 0)
+            self.keys = keys[:, start:].clone()
+            self.values = values[:, start:].clone()
+            self.key_valid = key_valid[:, start:].clone()
+        self.seen_tokens += new_tokens
+        self.is_initialized = True
+
+    def get_seq_length(self) -> int:
+        return self.seen_tokens
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        # Report full-attention sizes so the model's mask always covers the current tokens.
+        return self.seen_tokens + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        names = ("state", "keys", "values", "key_valid")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def _map(self, fn) -> None:
+        for name, tensor in self._tensors().items():
+            setattr(self, name, fn(tensor))
+
+    def reset(self) -> None:
+        self.state = self.keys = self.values = self.key_valid = None
+        self.seen_tokens = 0
+        self.is_initialized = False
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._map(lambda t: t[indices])
+
+    def offload(self) -> None:
+        self._map(lambda t: t.to("cpu", non_blocking=True))
+
+    def prefetch(self) -> None:
+        device = getattr(self, "device", None)
+        if device is not None:
+            self._map(lambda t: t.to(device, non_blocking=True))
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError(
+            "a Liger cache cannot be cropped (the recurrent state cannot forget tokens); "
+            "assisted/speculative decoding is not supported"
+        )
+
+    def memory_bytes(self) -> int:
+        """Bytes held by this layer's cache (constant in context length)."""
+        return sum(t.numel() * t.element_size() for t in self._tensors().values())
+
+
+def liger_cache_layer(cache: Cache, layer_idx: int) -> LigerCacheLayer:
+    """Return the `LigerCacheLayer` at `layer_idx` of `cache`, installing one in place of an unused KV layer."""
+    while len(cache.layers) <= layer_idx:
+        cache.layers.append(DynamicLayer())
+    layer = cache.layers[layer_idx]
+    if isinstance(layer, LigerCacheLayer):
+        return layer
+    if getattr(layer, "is_initialized", False) and layer.get_seq_length() > 0:
+        raise ValueError(
+            f"cache layer {layer_idx} already holds softmax keys/values; a cache filled by the unconverted "
+            "model cannot be reused after conversion — start generation with a fresh cache"
+        )
+    cache.layers[layer_idx] = LigerCacheLayer()
+    return cache.layers[layer_idx]

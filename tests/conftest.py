@@ -1,0 +1,83 @@
+"""Tiny random-initialised models of every supported family, built in-process (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+COMMON = dict(
+    vocab_size=97,
+    hidden_size=48,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+FAMILIES = {
+    # Llama with biases to pin their handling; default head_dim = 48 / 6 = 8
+    "llama": (LlamaForCausalLM, LlamaConfig, dict(attention_bias=True, rope_parameters={"rope_type": "default", "rope_theta": 500.0})),
+    "mistral": (MistralForCausalLM, MistralConfig, dict(sliding_window=None)),
+    # Qwen2 has q/k/v biases by construction
+    "qwen2": (Qwen2ForCausalLM, Qwen2Config, dict()),
+    # Qwen3: q/k norms and head_dim != hidden / heads
+    "qwen3": (Qwen3ForCausalLM, Qwen3Config, dict(head_dim=16)),
+}
+
+
+def tiny_model(family: str, seed: int = 0, **overrides):
+    """A tiny fp32 model of `family` in eval mode, with weights scaled up so attention is far from uniform."""
+    model_class, config_class, extra = FAMILIES[family]
+    torch.manual_seed(seed)
+    config = config_class(**{**COMMON, **extra, **overrides})
+    model = model_class(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "proj" in name and "weight" in name:
+                param.mul_(8.0)
+            if name.endswith("bias"):
+                param.normal_(0, 0.5)
+    return model
+
+
+@pytest.fixture(params=list(FAMILIES))
+def family(request) -> str:
+    return request.param
+
+
+def tiny_tokenizer():
+    """A word-level fast tokenizer over a small vocabulary (ids < 97), with a chat template; built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<s>", "</s>", "<unk>"] + [f"w{i}" for i in range(93)]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    tokenizer.chat_template = "{% for m in messages %}w1 {{ m['content'] }} w2 {% endfor %}"
+    return tokenizer
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """A saved tiny Llama base model + tokenizer folder, as a user would pass with --model."""
+    folder = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder

@@ -1,0 +1,117 @@
+"""The `liger` command line, run as a real subprocess on a tiny saved model (no downloads)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import liger_lm
+from liger_lm.io import OutputExistsError, atomic_directory
+
+
+def liger(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "liger_lm", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_convert_then_generate_round_trip(tiny_model_dir, tmp_path):
+    out = tmp_path / "liger"
+    done = liger("convert", "--model", str(tiny_model_dir), "--out", str(out), "--window", "8", "--softmax-layers", "1")
+    assert done.returncode == 0, done.stderr
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.liger["window"] == 8 and model.config.liger["softmax_layers"] == [1]
+    assert isinstance(model.model.layers[0].self_attn, liger_lm.LigerAttention)
+
+    done = liger("generate", str(out), "--prompt", "w5 w6", "--prompt", "w7", "--max-new-tokens", "5")
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.strip().splitlines()) == 2
+    sampled = liger("generate", str(out), "--prompt", "w5", "--sample", "--max-new-tokens", "3", "--seed", "3")
+    assert sampled.returncode == 0, sampled.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--window", "0"], "window must be a positive integer"),
+        (["--window", "abc"], "Invalid value for '--window'"),
+        (["--gate", "nope"], "unknown gate 'nope'"),
+        (["--rec-weight", "-1"], "rec_weight must be a number"),
+        (["--softmax-layers", "9"], "out of range"),
+    ],
+)
+def test_bad_convert_arguments_fail_with_one_clear_line(tiny_model_dir, tmp_path, args, message):
+    done = liger("convert", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x"), *args)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_model_and_existing_output_are_refused(tiny_model_dir, tmp_path):
+    done = liger("convert", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "x"))
+    assert done.returncode == 2 and "does not exist" in done.stderr
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    done = liger("convert", "--model", str(tiny_model_dir), "--out", str(existing))
+    assert done.returncode == 2 and "--overwrite" in done.stderr
+
+
+def test_unsupported_architecture_through_the_cli(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from conftest import tiny_tokenizer
+
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=97)).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    done = liger("convert", "--model", str(folder), "--out", str(tmp_path / "x"))
+    assert done.returncode == 2 and "supported architectures are LlamaForCausalLM" in done.stderr
+
+
+def test_help_lists_every_command():
+    done = liger("--help")
+    assert done.returncode == 0
+    assert all(name in done.stdout for name in ("convert", "generate", "run"))
+
+
+def test_run_main_job_on_a_tiny_model(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    done = liger("run", "--model", str(tiny_model_dir), "--out", str(out), "--window", "8", "--max-new-tokens", "4")
+    assert done.returncode == 0, done.stderr
+    report = (out / "report.md").read_text()
+    assert "Training-free perplexity" in report and "Greedy generations" in report
+    assert (out / "results.json").is_file() and (out / "model" / "model.safetensors").is_file()
+
+
+def test_atomic_directory_leaves_the_previous_output_when_interrupted(tmp_path):
+    target = tmp_path / "out"
+    with atomic_directory(target) as staging:
+        (staging / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target, overwrite=True) as staging:
+            (staging / "a.txt").write_text("half-written")
+            raise RuntimeError("killed")
+    assert (target / "a.txt").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    with pytest.raises(OutputExistsError):
+        with atomic_directory(target):
+            pass
+
+
+def test_token_validity_reads_every_mask_format():
+    from liger_lm.modeling.mixer import token_validity
+
+    padding = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    expected = padding.bool()
+    causal = torch.tril(torch.ones(3, 3, dtype=torch.bool))
+    bool_4d = (causal[None] & expected[:, None, :])[:, None]
+    float_4d = torch.zeros(bool_4d.shape).masked_fill(~bool_4d, torch.finfo(torch.float32).min)
+    assert torch.equal(token_validity(padding, 3), expected)
+    assert torch.equal(token_validity(bool_4d, 3), expected)
+    assert torch.equal(token_validity(float_4d, 3), expected)
+    assert token_validity(torch.ones(2, 5), 3) is None
+    assert token_validity(padding, 1) is None  # the last token is real in both rows

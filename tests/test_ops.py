@@ -1,0 +1,177 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from liger_lm.ops.gla import chunk_gla, gla, naive_recurrent_gla
+from liger_lm.ops.swa import naive_sliding_window_attention, sliding_window_attention
+
+
+def assert_close_to(actual, expected):
+    """fp32 closeness relative to the reference's largest magnitude."""
+    assert torch.isfinite(actual).all()
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+def gla_inputs(batch=2, length=37, heads=3, key_dim=8, value_dim=5, qk="softmax", decay="gla"):
+    q, k, g = (torch.randn(batch, length, heads, key_dim) for _ in range(3))
+    v = torch.randn(batch, length, heads, value_dim)
+    if qk == "softmax":
+        q, k = q.softmax(-1), k.softmax(-1)
+    if decay == "gla":
+        g = F.logsigmoid(g) / 16
+    elif decay == "const5":
+        g = torch.full_like(g, -5.0)
+    else:
+        g = -5.0 * torch.rand_like(g)
+    return q, k, v, g
+
+
+@pytest.mark.parametrize("length,chunk_size", [(37, 16), (5, 16), (32, 16), (40, 8), (7, 1)])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("qk", ["softmax", "randn"])
+@pytest.mark.parametrize("decay", ["gla", "const5", "uniform5"])
+def test_chunk_gla_matches_recurrence(length, chunk_size, with_state, qk, decay):
+    torch.manual_seed(0)
+    q, k, v, g = gla_inputs(length=length, qk=qk, decay=decay)
+    state = torch.randn(2, 3, 8, 5) if with_state else None
+    o_ref, s_ref = naive_recurrent_gla(q, k, v, g, state)
+    o, s = chunk_gla(q, k, v, g, state, chunk_size=chunk_size)
+    assert o.shape == (2, length, 3, 5) and s.shape == (2, 3, 8, 5)
+    assert o.dtype == s.dtype == torch.float32
+    assert_close_to(o, o_ref)
+    assert_close_to(s, s_ref)
+
+
+@pytest.mark.parametrize("decay", ["gla", "uniform5"])
+def test_chunk_gla_gradients_match_recurrence(decay):
+    torch.manual_seed(1)
+    inputs = gla_inputs(length=21, qk="randn", decay=decay)
+    grads = []
+    for fn in (naive_recurrent_gla, chunk_gla):
+        leaves = [x.clone().requires_grad_() for x in inputs]
+        o, s = fn(*leaves)
+        (o.sum() + s.sum()).backward()
+        grads.append([x.grad for x in leaves])
+    for grad, grad_ref in zip(*grads):
+        assert_close_to(grad, grad_ref)
+
+
+def test_gla_prefill_then_decode_equals_one_call():
+    torch.manual_seed(2)
+    q, k, v, g = gla_inputs(length=25, decay="uniform5")
+    state = torch.randn(2, 3, 8, 5)
+    o_ref, s_ref = gla(q, k, v, g, state)
+    o_prefill, s = gla(q[:, :20], k[:, :20], v[:, :20], g[:, :20], state)
+    outputs = [o_prefill]
+    for t in range(20, 25):
+        o_t, s = gla(q[:, t : t + 1], k[:, t : t + 1], v[:, t : t + 1], g[:, t : t + 1], s)
+        outputs.append(o_t)
+    assert_close_to(torch.cat(outputs, dim=1), o_ref)
+    assert_close_to(s, s_ref)
+
+
+@pytest.mark.parametrize("fn", [naive_recurrent_gla, chunk_gla])
+def test_gla_zero_key_zero_decay_tokens_leave_state_untouched(fn):
+    torch.manual_seed(3)
+    q, k, v, g = gla_inputs(length=30)
+    real = torch.ones(30, dtype=torch.bool)
+    real[[0, 7, 8, 16, 29]] = False
+    k, g = k * real[:, None, None], g * real[:, None, None]
+    state = torch.randn(2, 3, 8, 5)
+    o, s = fn(q, k, v, g, state)
+    o_real, s_real = fn(q[:, real], k[:, real], v[:, real], g[:, real], state)
+    assert_close_to(o[:, real], o_real)
+    assert_close_to(s, s_real)
+
+
+@pytest.mark.parametrize("fn", [naive_recurrent_gla, chunk_gla, gla])
+def test_gla_hand_computed(fn):
+    # S_0 = 4, decay 1/2: S_1 = 0.5·4 + 3·2 = 8, o_1 = 1·8; S_2 = 0.5·8 + 1·5 = 9, o_2 = 2·9.
+    shape = (1, 2, 1, 1)
+    q = torch.tensor([1.0, 2.0]).reshape(shape)
+    k = torch.tensor([3.0, 1.0]).reshape(shape)
+    v = torch.tensor([2.0, 5.0]).reshape(shape)
+    g = torch.full(shape, math.log(0.5))
+    o, s = fn(q, k, v, g, torch.full((1, 1, 1, 1), 4.0))
+    torch.testing.assert_close(o, torch.tensor([8.0, 18.0]).reshape(shape))
+    torch.testing.assert_close(s, torch.full((1, 1, 1, 1), 9.0))
+
+
+def swa_inputs(length, past, batch=2, heads=4, kv_heads=2, dim=8, left_pad=0):
+    q = torch.randn(batch, length, heads, dim)
+    k, v = (torch.randn(batch, past + length, kv_heads, dim) for _ in range(2))
+    key_valid = torch.ones(batch, past + length, dtype=torch.bool)
+    key_valid[1, :left_pad] = False
+    return q, k, v, key_valid
+
+
+@pytest.mark.parametrize("length", [3, 4, 8, 17])
+@pytest.mark.parametrize("past", [0, 3, 11])
+@pytest.mark.parametrize("left_pad", [None, 6])
+def test_sliding_window_matches_naive(length, past, left_pad):
+    torch.manual_seed(4)
+    window = 4
+    q, k, v, key_valid = swa_inputs(length, past, left_pad=left_pad or 0)
+    key_valid = key_valid if left_pad else None
+    expected = naive_sliding_window_attention(q, k, v, window, 0.3, key_valid)
+    actual = sliding_window_attention(q, k, v, window, 0.3, key_valid)
+    assert actual.shape == q.shape
+    assert_close_to(actual, expected)
+
+
+@pytest.mark.parametrize("length,past", [(5, 2), (12, 0)])
+def test_sliding_window_wider_than_keys(length, past):
+    torch.manual_seed(5)
+    q, k, v, key_valid = swa_inputs(length, past, left_pad=3)
+    expected = naive_sliding_window_attention(q, k, v, 64, 0.3, key_valid)
+    assert_close_to(sliding_window_attention(q, k, v, 64, 0.3, key_valid), expected)
+
+
+@pytest.mark.parametrize("fn", [naive_sliding_window_attention, sliding_window_attention])
+@pytest.mark.parametrize("length", [4, 17])
+def test_sliding_window_fully_masked_queries_give_zero(fn, length):
+    torch.manual_seed(6)
+    q, k, v, key_valid = swa_inputs(length, past=0, left_pad=6)
+    out = fn(q, k, v, 4, 0.3, key_valid)
+    assert torch.isfinite(out).all()
+    assert (out[1, :6] == 0).all()
+    assert (out[1, 6:].abs().sum(-1) > 0).all()
+
+
+def loop_reference(q, k, v, window, scale, key_valid):
+    """Per-query loop over the allowed keys P + i − w < j <= P + i; 0 when none is valid."""
+    out = torch.zeros_like(q)
+    past, group = k.shape[1] - q.shape[1], q.shape[2] // k.shape[2]
+    for b in range(q.shape[0]):
+        for i in range(q.shape[1]):
+            keys = [j for j in range(max(0, past + i - window + 1), past + i + 1) if key_valid[b, j]]
+            for h in range(q.shape[2]):
+                if keys:
+                    weights = (scale * k[b, keys, h // group] @ q[b, i, h]).softmax(0)
+                    out[b, i, h] = weights @ v[b, keys, h // group]
+    return out
+
+
+@pytest.mark.parametrize("length,past,window", [(9, 0, 4), (9, 3, 4), (6, 10, 3), (5, 0, 1)])
+def test_naive_sliding_window_matches_per_query_loop(length, past, window):
+    torch.manual_seed(9)
+    q, k, v, key_valid = swa_inputs(length, past, left_pad=5)
+    expected = loop_reference(q, k, v, window, 0.3, key_valid)
+    assert_close_to(naive_sliding_window_attention(q, k, v, window, 0.3, key_valid), expected)
+
+
+def test_naive_sliding_window_with_full_window_matches_sdpa():
+    torch.manual_seed(7)
+    q, k, v, _ = swa_inputs(length=13, past=0)
+    k_rep, v_rep = (x.repeat_interleave(2, dim=2).transpose(1, 2) for x in (k, v))
+    expected = F.scaled_dot_product_attention(q.transpose(1, 2), k_rep, v_rep, is_causal=True, scale=0.3)
+    actual = naive_sliding_window_attention(q, k, v, 13, 0.3)
+    assert_close_to(actual, expected.transpose(1, 2))
+
+
+def test_sliding_window_keeps_input_dtype():
+    torch.manual_seed(8)
+    q, k, v, key_valid = (x.bfloat16() if x.is_floating_point() else x for x in swa_inputs(length=9, past=2))
+    assert sliding_window_attention(q, k, v, 4, 0.3, key_valid).dtype == torch.bfloat16
