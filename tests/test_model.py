@@ -95,12 +95,14 @@ def test_left_padded_batch_equals_each_row_alone(family, attn_implementation):
 
 
 @torch.no_grad()
-def test_generate_uses_the_liger_cache_and_matches_no_cache_greedy():
+def test_generate_uses_the_liger_cache_and_matches_no_cache_greedy_and_beam():
     model = converted("qwen3", window=8)
     ids = token_ids(1, 12)
     with_cache = model.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=0)
     without = model.generate(ids, max_new_tokens=16, do_sample=False, use_cache=False, pad_token_id=0)
     assert torch.equal(with_cache, without)
+    beams = dict(max_new_tokens=8, num_beams=3, do_sample=False, pad_token_id=0)
+    assert torch.equal(model.generate(ids, **beams), model.generate(ids, use_cache=False, **beams))
     out = model.generate(ids, max_new_tokens=2, do_sample=True, return_dict_in_generate=True, pad_token_id=0)
     assert all(isinstance(layer, liger_lm.LigerCacheLayer) for layer in out.past_key_values.layers)
 
