@@ -81,3 +81,14 @@ def tiny_model_dir(tmp_path):
     tiny_model("llama").save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return folder
+
+
+def prefill_then_decode(model, ids: torch.Tensor, prefill: int) -> torch.Tensor:
+    """Logits of `ids` computed as one prefill of `prefill` tokens and then one token at a time through the cache."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    steps = [model(ids[:, :prefill], past_key_values=cache, use_cache=True).logits]
+    steps += [model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(prefill, ids.shape[1])]
+    assert cache.get_seq_length() == ids.shape[1]
+    return torch.cat(steps, dim=1)

@@ -115,3 +115,24 @@ def test_token_validity_reads_every_mask_format():
     assert torch.equal(token_validity(float_4d, 3), expected)
     assert token_validity(torch.ones(2, 5), 3) is None
     assert token_validity(padding, 1) is None  # the last token is real in both rows
+
+
+@pytest.mark.parametrize("gate", list(liger_lm.GATES))
+def test_convert_and_generate_every_gate_in_process(tiny_model_dir, tmp_path, gate):
+    from typer.testing import CliRunner
+
+    from liger_lm.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / gate
+    done = runner.invoke(app, ["convert", "--model", str(tiny_model_dir), "--out", str(out), "--gate", gate,
+                               "--num-slots", "4", "--softmax-every", "3"])
+    assert done.exit_code == 0, done.output
+    assert AutoModelForCausalLM.from_pretrained(out).config.liger["gate"] == gate
+    done = runner.invoke(app, ["generate", str(out), "--prompt", "w5 w6", "--max-new-tokens", "3"])
+    assert done.exit_code == 0, done.output
+
+
+def test_convert_help_lists_every_gate():
+    done = liger("convert", "--help")
+    assert done.returncode == 0 and all(f"{gate}:" in done.stdout for gate in liger_lm.GATES)

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, GPT2Config, GPT2LMHeadModel
 
 import liger_lm
-from conftest import tiny_model
+from conftest import prefill_then_decode, tiny_model
 
 SEQ = 40
 
@@ -49,12 +49,7 @@ def test_full_forward_equals_prefill_then_token_by_token_decode(family, window, 
     model = converted(family, window=window)
     ids = token_ids()
     full = model(ids).logits
-    cache = DynamicCache(config=model.config)
-    steps = [model(ids[:, :prefill], past_key_values=cache, use_cache=True).logits]
-    for t in range(prefill, SEQ):
-        steps.append(model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=0, atol=1e-4)
-    assert cache.get_seq_length() == SEQ
+    torch.testing.assert_close(prefill_then_decode(model, ids, prefill), full, rtol=0, atol=1e-4)
 
 
 @torch.no_grad()

@@ -4,7 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from liger_lm.ops.gla import chunk_gla, gla, naive_recurrent_gla
+from liger_lm.ops.gla import (
+    chunk_gla,
+    chunk_gla_value_decay,
+    gla,
+    gla_value_decay,
+    naive_recurrent_gla,
+    naive_recurrent_gla_value_decay,
+)
 from liger_lm.ops.swa import naive_sliding_window_attention, sliding_window_attention
 
 
@@ -14,8 +21,12 @@ def assert_close_to(actual, expected):
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
 
 
-def gla_inputs(batch=2, length=37, heads=3, key_dim=8, value_dim=5, qk="softmax", decay="gla"):
-    q, k, g = (torch.randn(batch, length, heads, key_dim) for _ in range(3))
+def gla_inputs(
+    batch=2, length=37, heads=3, key_dim=8, value_dim=5, qk="softmax", decay="gla", decay_on="key"
+):
+    """q, k [B, T, H, K], v [B, T, H, V] and g over K (decay_on="key") or V (decay_on="value")."""
+    q, k = (torch.randn(batch, length, heads, key_dim) for _ in range(2))
+    g = torch.randn(batch, length, heads, key_dim if decay_on == "key" else value_dim)
     v = torch.randn(batch, length, heads, value_dim)
     if qk == "softmax":
         q, k = q.softmax(-1), k.softmax(-1)
@@ -97,6 +108,96 @@ def test_gla_hand_computed(fn):
     o, s = fn(q, k, v, g, torch.full((1, 1, 1, 1), 4.0))
     torch.testing.assert_close(o, torch.tensor([8.0, 18.0]).reshape(shape))
     torch.testing.assert_close(s, torch.full((1, 1, 1, 1), 9.0))
+
+
+VALUE_DECAY_FNS = [naive_recurrent_gla_value_decay, chunk_gla_value_decay, gla_value_decay]
+
+
+@pytest.mark.parametrize("length", [37, 5, 32])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("qk", ["softmax", "randn"])
+@pytest.mark.parametrize("decay", ["gla", "const5", "uniform5"])
+def test_chunk_gla_value_decay_matches_recurrence(length, with_state, qk, decay):
+    torch.manual_seed(10)
+    q, k, v, g = gla_inputs(length=length, qk=qk, decay=decay, decay_on="value")
+    state = torch.randn(2, 3, 8, 5) if with_state else None
+    o_ref, s_ref = naive_recurrent_gla_value_decay(q, k, v, g, state)
+    o, s = chunk_gla_value_decay(q, k, v, g, state, chunk_size=16)
+    assert o.shape == (2, length, 3, 5) and s.shape == (2, 3, 8, 5)
+    assert o.dtype == s.dtype == torch.float32
+    assert_close_to(o, o_ref)
+    assert_close_to(s, s_ref)
+
+
+@pytest.mark.parametrize("decay", ["gla", "uniform5"])
+def test_chunk_gla_value_decay_gradients_match_recurrence(decay):
+    torch.manual_seed(11)
+    inputs = gla_inputs(length=21, qk="randn", decay=decay, decay_on="value") + (torch.randn(2, 3, 8, 5),)
+    grads = []
+    for fn in (naive_recurrent_gla_value_decay, chunk_gla_value_decay):
+        leaves = [x.clone().requires_grad_() for x in inputs]
+        o, s = fn(*leaves)
+        (o.sum() + s.sum()).backward()
+        grads.append([x.grad for x in leaves])
+    for grad, grad_ref in zip(*grads):
+        assert_close_to(grad, grad_ref)
+
+
+def test_gla_value_decay_split_calls_equal_one_call():
+    torch.manual_seed(12)
+    q, k, v, g = gla_inputs(length=41, decay="uniform5", decay_on="value")
+    state = torch.randn(2, 3, 8, 5)
+    o_ref, s_ref = gla_value_decay(q, k, v, g, state)
+    o_first, s = gla_value_decay(q[:, :19], k[:, :19], v[:, :19], g[:, :19], state)
+    o_second, s = gla_value_decay(q[:, 19:], k[:, 19:], v[:, 19:], g[:, 19:], s)
+    o_decode, s_decode = gla_value_decay(q[:, :1], k[:, :1], v[:, :1], g[:, :1], state)
+    assert_close_to(torch.cat([o_first, o_second], dim=1), o_ref)
+    assert_close_to(s, s_ref)
+    assert_close_to(o_decode, o_ref[:, :1])
+
+
+@pytest.mark.parametrize("fn", VALUE_DECAY_FNS)
+def test_gla_value_decay_hand_computed(fn):
+    # K = 1, V = 2, S_0 = [4, 4], decays 1/2 (column 0) and 1/4 (column 1):
+    # S_1 = [0.5·4 + 3·2, 0.25·4 + 3·1] = [8, 4], o_1 = 1·S_1 = [8, 4];
+    # S_2 = [0.5·8 + 1·5, 0.25·4 + 1·2] = [9, 3], o_2 = 2·S_2 = [18, 6].
+    q = torch.tensor([1.0, 2.0]).reshape(1, 2, 1, 1)
+    k = torch.tensor([3.0, 1.0]).reshape(1, 2, 1, 1)
+    v = torch.tensor([[2.0, 1.0], [5.0, 2.0]]).reshape(1, 2, 1, 2)
+    g = torch.tensor([math.log(0.5), math.log(0.25)]).expand(1, 2, 1, 2)
+    o, s = fn(q, k, v, g, torch.full((1, 1, 1, 2), 4.0))
+    torch.testing.assert_close(o, torch.tensor([[8.0, 4.0], [18.0, 6.0]]).reshape(1, 2, 1, 2))
+    torch.testing.assert_close(s, torch.tensor([9.0, 3.0]).reshape(1, 1, 1, 2))
+
+
+@pytest.mark.parametrize("fn", VALUE_DECAY_FNS)
+def test_gla_value_decay_with_scalar_decay_equals_key_decay(fn):
+    # g constant over the value dim is a scalar per head a_t: both recurrences become
+    # S_t = a_t S_{t-1} + k_tᵀ v_t.
+    torch.manual_seed(13)
+    q, k, v, g = gla_inputs(length=37, qk="randn", decay="uniform5")
+    scalar = g[..., :1]
+    state = torch.randn(2, 3, 8, 5)
+    o_ref, s_ref = naive_recurrent_gla(q, k, v, scalar.expand_as(q), state)
+    o, s = fn(q, k, v, scalar.expand_as(v), state)
+    assert_close_to(o, o_ref)
+    assert_close_to(s, s_ref)
+
+
+@pytest.mark.parametrize("fn", VALUE_DECAY_FNS)
+def test_gla_value_decay_columns_are_independent_key_decay_glas(fn):
+    # Value column m of S evolves as S[:, m] = exp(g_t[m]) S[:, m] + k_tᵀ v_t[m]: a key-decay GLA
+    # with one value column and the scalar decay g[..., m] expanded over K.
+    torch.manual_seed(14)
+    q, k, v, g = gla_inputs(length=37, qk="randn", decay="gla", decay_on="value")
+    state = torch.randn(2, 3, 8, 5)
+    columns = [
+        naive_recurrent_gla(q, k, v[..., m : m + 1], g[..., m : m + 1].expand_as(q), state[..., m : m + 1])
+        for m in range(v.shape[-1])
+    ]
+    o, s = fn(q, k, v, g, state)
+    assert_close_to(o, torch.cat([o_m for o_m, _ in columns], dim=-1))
+    assert_close_to(s, torch.cat([s_m for _, s_m in columns], dim=-1))
 
 
 def swa_inputs(length, past, batch=2, heads=4, kv_heads=2, dim=8, left_pad=0):

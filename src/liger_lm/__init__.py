@@ -1,9 +1,10 @@
 """liger-lm: linearize pretrained Llama / Mistral / Qwen2 / Qwen3 models with Liger (arXiv 2503.01496)."""
 
-from .config import FEATURE_MAPS, GATES, LigerConfig, LigerConfigError
+from .config import FEATURE_MAPS, LigerConfig, LigerConfigError
 from .convert import convert, is_converted
 from .modeling.adapters import UnsupportedModelError
 from .modeling.cache import LigerCacheLayer
+from .modeling.gates import GATES
 from .modeling.hf import register_auto_classes
 from .modeling.mixer import LigerAttention
 from . import evaluate

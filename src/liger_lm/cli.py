@@ -21,10 +21,14 @@ STATE = {"debug": False}
 MODEL_HELP = "'default' (embedded SmolLM2-135M-Instruct, Q4_1 GGUF), a Hugging Face id, a local folder or a .gguf file"
 
 
-def _gate_help() -> str:
-    from .config import GATES
+def _gate_list() -> str:
+    from .modeling.gates import GATES
 
-    return "Gated recurrence: " + "; ".join(f"{name} = {text}" for name, text in GATES.items())
+    lines = [f"{g.name}: {g.description}; decay a = {g.decay}" for g in GATES.values()]
+    return "Gates (--gate):\n\n" + "\n\n".join(lines)
+
+
+GATE_HELP = "Gated recurrence of the linear branch (list below)."
 
 
 @app.callback()
@@ -39,15 +43,19 @@ def _layers(text: str) -> list[int]:
         raise typer.BadParameter(f"expected comma-separated layer indices like '0,8,16', got {text!r}") from None
 
 
-@app.command()
+@app.command(epilog=_gate_list())
 def convert(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the converted model to.")],
     model: Annotated[str, typer.Option("--model", help=MODEL_HELP)] = "default",
-    gate: Annotated[str, typer.Option("--gate", help=_gate_help())] = "gla",
+    gate: Annotated[str, typer.Option("--gate", help=GATE_HELP)] = "gla",
     window: Annotated[int, typer.Option("--window", help="Sliding-window size w in tokens.")] = 64,
     rec_weight: Annotated[float, typer.Option("--rec-weight", help="α: weight of the recurrent branch.")] = 0.5,
     swa_weight: Annotated[float, typer.Option("--swa-weight", help="β: weight of the window branch.")] = 0.5,
     softmax_layers: Annotated[str, typer.Option("--softmax-layers", help="Layers kept as softmax attention, e.g. '0,8'.")] = "",
+    softmax_every: Annotated[int, typer.Option("--softmax-every", help="Also keep every k-th layer (k−1, 2k−1, …) as softmax; 0 = off.")] = 0,
+    gate_source: Annotated[str, typer.Option("--gate-source", help="Projection the gate is pooled from: k (paper), q or v.")] = "k",
+    num_slots: Annotated[int, typer.Option("--num-slots", help="GSA slots M.")] = 64,
+    gate_lower_bound: Annotated[float, typer.Option("--gate-lower-bound", help="HGRN2 lower bound γ.")] = 0.0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
 ):
     """Convert a model to Liger and save it (safetensors + config); reload with AutoModelForCausalLM."""
@@ -55,7 +63,9 @@ def convert(
     from .io import atomic_directory
 
     settings = LigerConfig(
-        gate=gate, window=window, rec_weight=rec_weight, swa_weight=swa_weight, softmax_layers=_layers(softmax_layers)
+        gate=gate, window=window, rec_weight=rec_weight, swa_weight=swa_weight,
+        softmax_layers=_layers(softmax_layers), softmax_every=softmax_every,
+        gate_source=gate_source, num_slots=num_slots, gate_lower_bound=gate_lower_bound,
     )
     if out.exists() and not overwrite:
         _fail(f"{out} already exists; choose another --out or pass --overwrite")
@@ -98,7 +108,7 @@ def generate(
 def run(
     out: Annotated[Path, typer.Option("--out", help="Run folder for report.md, results.json and the model.")] = Path("runs/default"),
     model: Annotated[str, typer.Option("--model", help=MODEL_HELP)] = "default",
-    gate: Annotated[str, typer.Option("--gate", help=_gate_help())] = "gla",
+    gate: Annotated[str, typer.Option("--gate", help=GATE_HELP)] = "gla",
     window: Annotated[int, typer.Option("--window")] = 64,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 32,
     save_model: Annotated[bool, typer.Option("--save-model/--no-save-model")] = True,

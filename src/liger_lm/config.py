@@ -6,9 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-GATES = {
-    "gla": "Gated Linear Attention: per-key-dim decay exp(logsigmoid(g)/16) (paper default)",
-}
+GATE_SOURCES = ("q", "k", "v")
 FEATURE_MAPS = {
     "softmax": "softmax over the head dimension, no parameters (paper default)",
 }
@@ -31,6 +29,10 @@ class LigerConfig:
     swa_weight:      β, weight of the sliding-window softmax branch.
     gate_normalizer: τ in exp(logsigmoid(g)/τ) (16 in the paper).
     softmax_layers:  layer indices left as the model's own softmax attention (inter-layer hybrid).
+    softmax_every:   shorthand: also keep every k-th layer (layers k−1, 2k−1, …) as softmax attention; 0 = off.
+    gate_source:     which raw projection the gate is pooled from: "k" (paper), "q" or "v" (paper Table 8).
+    num_slots:       M, slots of the GSA gate.
+    gate_lower_bound: γ, lower bound of the HGRN2 forget gate.
     chunk_size:      block length of the chunked recurrent form (speed knob, no effect on results).
     """
 
@@ -41,6 +43,10 @@ class LigerConfig:
     swa_weight: float = 0.5
     gate_normalizer: float = 16.0
     softmax_layers: list[int] = field(default_factory=list)
+    softmax_every: int = 0
+    gate_source: str = "k"
+    num_slots: int = 64
+    gate_lower_bound: float = 0.0
     chunk_size: int = 16
 
     def __post_init__(self) -> None:
@@ -49,10 +55,17 @@ class LigerConfig:
 
     def validate(self, num_layers: int | None = None) -> None:
         """Raise `LigerConfigError` naming the first bad field; `num_layers` also checks layer indices."""
+        from .modeling.gates import GATES
+
         _check_choice("gate", self.gate, GATES)
         _check_choice("feature_map", self.feature_map, FEATURE_MAPS)
-        _check_positive_int("window", self.window)
-        _check_positive_int("chunk_size", self.chunk_size)
+        _check_choice("gate_source", self.gate_source, GATE_SOURCES)
+        for name in ("window", "chunk_size", "num_slots"):
+            _check_positive_int(name, getattr(self, name))
+        if isinstance(self.softmax_every, bool) or not isinstance(self.softmax_every, int) or self.softmax_every < 0:
+            raise LigerConfigError(f"softmax_every must be an integer ≥ 0, got {self.softmax_every!r}")
+        if not 0 <= self.gate_lower_bound < 1:
+            raise LigerConfigError(f"gate_lower_bound must be in [0, 1), got {self.gate_lower_bound!r}")
         for name in ("rec_weight", "swa_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
@@ -67,6 +80,11 @@ class LigerConfig:
                 raise LigerConfigError(
                     f"softmax_layers {bad} out of range: the model has layers 0..{num_layers - 1}"
                 )
+
+    def softmax_layer_set(self, num_layers: int) -> set[int]:
+        """Layers kept as softmax attention: `softmax_layers` plus every `softmax_every`-th layer."""
+        every = set(range(self.softmax_every - 1, num_layers, self.softmax_every)) if self.softmax_every else set()
+        return set(self.softmax_layers) | every
 
     def replace(self, **overrides: Any) -> LigerConfig:
         """A copy with `overrides` applied; unknown names raise `LigerConfigError`."""
@@ -84,7 +102,7 @@ class LigerConfig:
         return cls().replace(**data)
 
 
-def _check_choice(name: str, value: Any, choices: dict[str, str]) -> None:
+def _check_choice(name: str, value: Any, choices) -> None:
     if value not in choices:
         raise LigerConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
 

@@ -1,7 +1,7 @@
 """Per-layer decode cache of a Liger layer: constant size in context length.
 
 A Liger layer keeps, per sequence:
-  * the fp32 recurrent state S  [B, H, K, V];
+  * the fp32 recurrent state(s), e.g. S [B, H, K, V] (GSA keeps two);
   * a rolling buffer of the last `window − 1` RoPE'd keys and values  [B, L, H_kv, D]  (L ≤ window − 1),
     with a validity flag per buffered token  [B, L]  so that left padding never becomes attendable;
   * the number of tokens seen (positions for generate(), counted in tokens, not heads).
@@ -26,7 +26,7 @@ class LigerCacheLayer(CacheLayerMixin):
 
     def __init__(self, **kwargs) -> None:
         super().__init__()
-        self.state: torch.Tensor | None = None
+        self.state: tuple[torch.Tensor, ...] | None = None  # one or more fp32 recurrent states
         self.key_valid: torch.Tensor | None = None
         self.seen_tokens = 0
 
@@ -42,7 +42,7 @@ class LigerCacheLayer(CacheLayerMixin):
 
     def advance(
         self,
-        state: torch.Tensor | None,
+        state: tuple[torch.Tensor, ...] | None,
         keys: torch.Tensor | None,
         values: torch.Tensor | None,
         key_valid: torch.Tensor | None,
@@ -70,13 +70,15 @@ class LigerCacheLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return -1
 
-    def _tensors(self) -> dict[str, torch.Tensor]:
-        names = ("state", "keys", "values", "key_valid")
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+    def _tensors(self) -> list[torch.Tensor]:
+        return [t for t in (*(self.state or ()), self.keys, self.values, self.key_valid) if t is not None]
 
     def _map(self, fn) -> None:
-        for name, tensor in self._tensors().items():
-            setattr(self, name, fn(tensor))
+        if self.state is not None:
+            self.state = tuple(fn(t) for t in self.state)
+        for name in ("keys", "values", "key_valid"):
+            if getattr(self, name) is not None:
+                setattr(self, name, fn(getattr(self, name)))
 
     def reset(self) -> None:
         self.state = self.keys = self.values = self.key_valid = None
@@ -108,7 +110,7 @@ class LigerCacheLayer(CacheLayerMixin):
 
     def memory_bytes(self) -> int:
         """Bytes held by this layer's cache (constant in context length)."""
-        return sum(t.numel() * t.element_size() for t in self._tensors().values())
+        return sum(t.numel() * t.element_size() for t in self._tensors())
 
 
 def liger_cache_layer(cache: Cache, layer_idx: int) -> LigerCacheLayer:

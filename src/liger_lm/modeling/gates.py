@@ -1,20 +1,139 @@
-"""Gates of the recurrent branch: from the raw key of a head to the log-decay and write key (DESIGN.md §1.1).
+"""Gates of the recurrent branch (paper Table 1, DESIGN.md §1.1), all run by the same two ops in `liger_lm.ops`.
 
-Each gate returns `(write_key, log_decay)`, both [B, T, H_kv, K], for the recurrence
-`S_t = diag(exp(log_decay_t)) · S_{t-1} + write_key_tᵀ v_t` run by `liger_lm.ops.gla`.
+Inputs per layer, after GQA repetition, all [B, T, H, D]: the raw projections q, k, v (with bias / q-k norms, no
+RoPE) and g = the gate source (the raw key by default). Pool is adaptive average pooling of g's D values to the gate
+shape; L = logsigmoid, τ = `gate_normalizer`, φ = softmax over D. Padding tokens arrive with `keep` False: they must
+neither write to nor decay the state, so their write term and log-decay are zeroed.
+
+Each gate returns the branch output [B, T, H, D] (fp32) and its new state (a tuple of fp32 tensors).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
 import torch
 import torch.nn.functional as F
 
-from ..config import LigerConfig
+from ..ops import gla, gla_value_decay
+
+if TYPE_CHECKING:
+    from ..config import LigerConfig
+
+# exp(−60) ≈ 1e-26 is already a full reset; the floor keeps in-chunk cumulative sums finite (RWKV6's −exp(g)).
+MIN_LOG_DECAY = -60.0
+
+State = tuple[torch.Tensor, ...]
 
 
-def gla_gate(key: torch.Tensor, key_features: torch.Tensor, config: LigerConfig):
-    """GLA: g_t = Pool_{d→d}(k_t) = k_t;  a_t = exp(logsigmoid(g_t) / τ);  write k'_tᵀ v_t.  Shapes [B, T, H_kv, K]."""
-    return key_features, F.logsigmoid(key) / config.gate_normalizer
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    description: str
+    decay: str  # the decay a_t, for docs and `liger convert --help`
+    state_size: str  # recurrent state per head
+    run: Callable[..., tuple[torch.Tensor, State]]
 
 
-GATE_FUNCTIONS = {"gla": gla_gate}
+def _pool(g: torch.Tensor, size: int) -> torch.Tensor:
+    """Adaptive average pooling of the last dim of g [B, T, H, D] to `size`."""
+    if size == g.shape[-1]:
+        return g
+    return F.adaptive_avg_pool1d(g.flatten(0, 2)[:, None], size)[:, 0].unflatten(0, g.shape[:3])
+
+
+def _masked(keep: torch.Tensor | None, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Zero the padding positions (keep [B, T] False) of each [B, T, H, *] tensor."""
+    if keep is None:
+        return list(tensors)
+    return [torch.where(keep[:, :, None, None], t, 0.0) for t in tensors]
+
+
+def _linear(q_feat, write_key, v, log_decay, keep, state: State | None, config: LigerConfig):
+    """o_t = q_feat_t S_t,  S_t = diag(exp(log_decay_t)) S_{t−1} + write_key_tᵀ v_t."""
+    write_key, v, log_decay = _masked(keep, write_key, v, log_decay.clamp(min=MIN_LOG_DECAY))
+    initial = state[0] if state else None
+    o, final = gla(q_feat, write_key, v, log_decay, initial_state=initial, chunk_size=config.chunk_size)
+    return o, (final,)
+
+
+def _per_dim(log_decay_fn):
+    """Gate with a per-key-dim decay and write φ(k)ᵀ v."""
+
+    def run(q, k, v, g, keep, state, config):
+        return _linear(q.softmax(-1), k.softmax(-1), v, log_decay_fn(g, config), keep, state, config)
+
+    return run
+
+
+def _scalar(log_decay_fn):
+    """Gate with one decay per head, from Pool_{D→1}(g), broadcast over the key dim; write φ(k)ᵀ v."""
+
+    def run(q, k, v, g, keep, state, config):
+        log_decay = log_decay_fn(_pool(g, 1), config).expand_as(k)
+        return _linear(q.softmax(-1), k.softmax(-1), v, log_decay, keep, state, config)
+
+    return run
+
+
+def _hgrn2(q, k, v, g, keep, state, config):
+    """a = γ + (1 − γ)·σ(g) per dim; write (1 − a)ᵀ v (input tied to forget); only q is softmaxed."""
+    gamma = config.gate_lower_bound
+    decay = gamma + (1.0 - gamma) * torch.sigmoid(g)
+    return _linear(q.softmax(-1), 1.0 - decay, v, torch.log(decay), keep, state, config)
+
+
+def _mlstm(q, k, v, g, keep, state, config):
+    """a = σ(Pool(g)→1); S_t = a S + φ(k)ᵀ v and n_t = a n + φ(k); o = φ(q) S / max(|φ(q)·n|, 1)."""
+    # The normaliser n is the same recurrence with a value of 1: one extra value column carries it.
+    ones = torch.ones_like(v[..., :1])
+    log_decay = F.logsigmoid(_pool(g, 1)).expand_as(k)
+    o, new_state = _linear(q.softmax(-1), k.softmax(-1), torch.cat([v, ones], -1), log_decay, keep, state, config)
+    return o[..., :-1] / o[..., -1:].abs().clamp(min=1.0), new_state
+
+
+def _rwkv6(q, k, v, g, keep, state, config):
+    """a = exp(−exp(g)) per dim, bonus u = 1: o_t = φ(q_t)(S_{t−1} + φ(k_t)ᵀ v_t),  S_t = diag(a_t) S_{t−1} + φ(k_t)ᵀ v_t."""
+    q_feat, k_feat = q.softmax(-1), k.softmax(-1)
+    log_decay = (-torch.exp(g)).clamp(min=MIN_LOG_DECAY)
+    k_feat, v, log_decay = _masked(keep, k_feat, v, log_decay)
+    # Reading S_{t−1} is the standard recurrence over inputs shifted one token right.
+    initial = state[0] if state else None
+    shifted = [F.pad(x, (0, 0, 0, 0, 1, -1)) for x in (k_feat, v, log_decay)]
+    o_past, before_last = gla(q_feat, *shifted, initial, config.chunk_size)
+    bonus = (q_feat * k_feat).sum(-1, keepdim=True) * v.float()
+    last = (log_decay[:, -1].float().exp()[..., None] * before_last) + k_feat[:, -1, ..., None] * v[:, -1, :, None]
+    return o_past + bonus, (last.float(),)
+
+
+def _gsa(q, k, v, g, keep, state, config):
+    """Gated Slot Attention with M slots, a = σ(Pool_{D→M}(g))^(1/τ):
+    K̃_t = diag(a) K̃ + (1 − a) ⊗ φ(k_t),  Ṽ_t = diag(a) Ṽ + (1 − a) ⊗ v_t,  o_t = softmax(K̃_t φ(q_t))ᵀ Ṽ_t."""
+    log_decay = (F.logsigmoid(_pool(g, config.num_slots)) / config.gate_normalizer).clamp(min=MIN_LOG_DECAY)
+    slot_write = 1.0 - log_decay.exp()
+    k_feat, v, slot_write, log_decay = _masked(keep, k.softmax(-1), v, slot_write, log_decay)
+    keys_state, values_state = state if state else (None, None)
+    # Pass 1 holds K̃ᵀ [D, M]: the decay sits on its value (slot) dim.
+    scores, keys_state = gla_value_decay(q.softmax(-1), k_feat, slot_write, log_decay, keys_state, config.chunk_size)
+    o, values_state = gla(scores.softmax(-1), slot_write, v, log_decay, values_state, config.chunk_size)
+    return o, (keys_state, values_state)
+
+
+GATES: dict[str, Gate] = {
+    gate.name: gate
+    for gate in (
+        Gate("gla", "Gated Linear Attention (paper default)", "exp(L(g)/τ) per key dim", "D×D",
+             _per_dim(lambda g, c: F.logsigmoid(g) / c.gate_normalizer)),
+        Gate("hgrn2", "HGRN2: forget gate tied to the input", "γ + (1−γ)σ(g) per key dim, write 1−a", "D×D", _hgrn2),
+        Gate("gsa", "Gated Slot Attention: two-pass slot memory", "σ(Pool_{D→M}(g))^(1/τ) per slot", "2·M×D", _gsa),
+        Gate("mamba2", "Mamba2: scalar decay per head", "exp(−softplus(Pool_{D→1}(g)))", "D×D",
+             _scalar(lambda g, c: -F.softplus(g))),
+        Gate("mlstm", "mLSTM: scalar forget gate plus normaliser state", "σ(Pool_{D→1}(g))", "D×(D+1)",
+             _mlstm),
+        Gate("retnet", "Gated RetNet: scalar decay per head", "σ(Pool_{D→1}(g))^(1/τ)", "D×D",
+             _scalar(lambda g, c: F.logsigmoid(g) / c.gate_normalizer)),
+        Gate("rwkv6", "RWKV6: data-dependent decay, bonus u = 1", "exp(−exp(g)) per key dim", "D×D", _rwkv6),
+        Gate("none", "pure linear attention, no decay", "1", "D×D", _per_dim(lambda g, c: torch.zeros_like(g))),
+    )
+}

@@ -18,9 +18,10 @@ from .mixer import LigerAttention
 
 
 def install_mixers(model: nn.Module, config: LigerConfig, adapter: ArchitectureAdapter) -> None:
-    """Replace `self_attn` of every layer not in `config.softmax_layers` by a `LigerAttention`, in place."""
+    """Replace `self_attn` of every layer not kept as softmax (`softmax_layers`, `softmax_every`) by a `LigerAttention`, in place."""
+    keep_softmax = config.softmax_layer_set(len(model.model.layers))
     for idx, layer in enumerate(model.model.layers):
-        if idx not in config.softmax_layers and not isinstance(layer.self_attn, LigerAttention):
+        if idx not in keep_softmax and not isinstance(layer.self_attn, LigerAttention):
             layer.self_attn = LigerAttention(layer.self_attn, config, adapter)
 
 

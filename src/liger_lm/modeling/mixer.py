@@ -1,7 +1,8 @@
 """`LigerAttention`: the one token mixer that replaces softmax attention (DESIGN.md §1).
 
     o_t = (α · o^rec_t + β · o^swa_t) W_o
-    o^rec_t = φ(q_t) S_t,  S_t = diag(a_t) S_{t−1} + φ(k_t)ᵀ v_t   (gate from the raw key, no RoPE, fp32 state)
+    o^rec_t = φ(q_t) S_t,  S_t = diag(a_t) S_{t−1} + φ(k_t)ᵀ v_t   (gate from the raw key, no RoPE, fp32 state;
+                                                               the other gates of `modeling.gates` vary a_t / S)
     o^swa_t = softmax attention of RoPE(q_t) over the last w RoPE'd keys (the model's own scaling)
 
 It reuses the original module's q/k/v/o projections (and q/k norms), so parameter names, and therefore
@@ -18,7 +19,7 @@ from ..config import LigerConfig
 from ..ops import gla, sliding_window_attention
 from .adapters import ArchitectureAdapter
 from .cache import LigerCacheLayer, liger_cache_layer
-from .gates import GATE_FUNCTIONS
+from .gates import GATES
 
 
 class LigerAttention(nn.Module):
@@ -38,7 +39,7 @@ class LigerAttention(nn.Module):
         if adapter.has_qk_norm:
             self.q_norm, self.k_norm = attention.q_norm, attention.k_norm
         self._apply_rope = adapter.apply_rope()
-        self._gate = GATE_FUNCTIONS[config.gate]
+        self._gate = GATES[config.gate]
 
     def extra_repr(self) -> str:
         c = self.liger
@@ -82,21 +83,14 @@ class LigerAttention(nn.Module):
         return q, k, v
 
     def _recurrent(self, q, k, v, valid, cache: LigerCacheLayer | None):
-        """o^rec [B, T, H, D] fp32 and the new state [B, H, D, D]."""
-        q_feat = q.float().softmax(-1)
-        k_feat = k.float().softmax(-1)
-        write_key, log_decay = self._gate(k.float(), k_feat, self.liger)
-        v = v.float()
-        if valid is not None:
-            # Padding writes nothing and does not decay the state.
-            keep = valid[:, :, None, None]
-            write_key = torch.where(keep, write_key, 0.0)
-            log_decay = torch.where(keep, log_decay, 0.0)
-            v = torch.where(keep, v, 0.0)
+        """o^rec [B, T, H, D] fp32 and the new state (see `modeling.gates`)."""
         groups = self.num_heads // self.num_kv_heads
-        write_key, log_decay, v = (t.repeat_interleave(groups, dim=2) for t in (write_key, log_decay, v))
-        initial = cache.state if cache is not None else None
-        return gla(q_feat, write_key, v, log_decay, initial_state=initial, chunk_size=self.liger.chunk_size)
+        # GQA: the key, value and gate of a kv head serve each query head of its group.
+        k, v = (t.float().repeat_interleave(groups, dim=2) for t in (k, v))
+        q = q.float()
+        source = {"q": q, "k": k, "v": v}[self.liger.gate_source]
+        state = cache.state if cache is not None else None
+        return self._gate.run(q, k, v, source, valid, state, self.liger)
 
     def _sliding_window(self, q, k, v, valid, position_embeddings, cache: LigerCacheLayer | None):
         """o^swa [B, T, H, D] and (keys, values, validity) over buffer + current tokens for the cache."""
