@@ -6,6 +6,7 @@ Later pipeline steps (fine-tuning, task evaluation) plug in here; today the repo
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ class RunOptions:
     overwrite: bool = False
 
 
-def main_job(options: RunOptions, log=print) -> dict[str, Any]:
+def main_job(options: RunOptions, log=logging.getLogger(__name__).info) -> dict[str, Any]:
     """Run the pipeline and write `report.md`, `results.json` (and the converted model) into `options.out`."""
     with atomic_directory(options.out, overwrite=options.overwrite) as staging:
         started = time.perf_counter()
