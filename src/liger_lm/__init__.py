@@ -23,6 +23,7 @@ __all__ = [
     "LigerConfigError",
     "UnsupportedModelError",
     "convert",
+    "evaluate",
     "is_converted",
     "load_default_model",
     "load_model",

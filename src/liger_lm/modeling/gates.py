@@ -102,9 +102,9 @@ def _rwkv6(q, k, v, g, keep, state, config):
     initial = state[0] if state else None
     shifted = [F.pad(x, (0, 0, 0, 0, 1, -1)) for x in (k_feat, v, log_decay)]
     o_past, before_last = gla(q_feat, *shifted, initial, config.chunk_size)
-    bonus = (q_feat * k_feat).sum(-1, keepdim=True) * v.float()
-    last = (log_decay[:, -1].float().exp()[..., None] * before_last) + k_feat[:, -1, ..., None] * v[:, -1, :, None]
-    return o_past + bonus, (last.float(),)
+    bonus = (q_feat * k_feat).sum(-1, keepdim=True) * v
+    last = log_decay[:, -1].exp()[..., None] * before_last + k_feat[:, -1, ..., None] * v[:, -1, :, None]
+    return o_past + bonus, (last,)
 
 
 def _gsa(q, k, v, g, keep, state, config):

@@ -16,7 +16,7 @@ from torch import nn
 from transformers.cache_utils import Cache
 
 from ..config import LigerConfig
-from ..ops import gla, sliding_window_attention
+from ..ops import sliding_window_attention
 from .adapters import ArchitectureAdapter
 from .cache import LigerCacheLayer, liger_cache_layer
 from .gates import GATES
