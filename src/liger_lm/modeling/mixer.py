@@ -40,6 +40,9 @@ class LigerAttention(nn.Module):
             self.q_norm, self.k_norm = attention.q_norm, attention.k_norm
         self._apply_rope = adapter.apply_rope()
         self._gate = GATES[config.gate]
+        # The original module, kept unregistered (its projections are the ones above, so no weight is stored twice):
+        # distillation puts it back to get the teacher (`liger_lm.train.teacher_mode`).
+        self.__dict__["softmax_attention"] = attention
 
     def extra_repr(self) -> str:
         c = self.liger
