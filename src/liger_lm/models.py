@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
@@ -70,6 +71,8 @@ def load_model(
     local = Path(name)
     if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
         raise ModelLoadError(f"model folder {name} does not exist")
+    if local.is_dir() and (local / "adapter_config.json").is_file():
+        return load_adapter(local, dtype)
     if local.is_dir() and not (local / "config.json").is_file():
         raise ModelLoadError(f"{name} has no config.json: not a transformers model folder")
     try:
@@ -78,6 +81,21 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(name)
     except OSError as err:
         raise ModelLoadError(f"cannot load {name!r}: {str(err).splitlines()[0]}") from err
+    return _ready(model, tokenizer)
+
+
+def load_adapter(folder: str | Path, dtype: torch.dtype = torch.float32):
+    """A LoRA adapter folder (from `liger train`): load its converted base, apply the adapter and merge it."""
+    from peft import PeftModel
+
+    folder = Path(folder)
+    base_name = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base_name:
+        raise ModelLoadError(f"{folder}/adapter_config.json names no base model; load the base and apply the adapter with peft")
+    base, tokenizer = load_model(base_name, dtype)
+    model = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+    if any(folder.glob("tokenizer*")):
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     return _ready(model, tokenizer)
 
 

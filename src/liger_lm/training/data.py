@@ -1,0 +1,39 @@
+"""The training and held-out sets of a recovery run: instruction records → packed fixed-length sequences."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from ..data.instructions import load_instruction_records
+from ..data.packing import pack_records
+from .config import TrainConfig
+
+
+class PackedDataset(Dataset):
+    """Rows of packed tensors (`input_ids`, `labels`, `attention_mask`, each [N, seq_len]) as Trainer examples."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors["input_ids"])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {name: values[index] for name, values in self.tensors.items()}
+
+
+def training_data(tokenizer: PreTrainedTokenizerBase, config: TrainConfig) -> tuple[PackedDataset, PackedDataset, dict[str, Any]]:
+    """(train set, held-out set, stats). The first `eval_records` of the seeded shuffle are held out, never trained on."""
+    records = load_instruction_records(config.data, seed=config.seed)
+    held_out, rest = records[: config.eval_records], records[config.eval_records :]
+    if config.records is not None:
+        rest = rest[: config.records]
+    train = pack_records(rest, tokenizer, seq_len=config.seq_len, drop_long=config.drop_long)
+    evaluation = pack_records(held_out, tokenizer, seq_len=config.seq_len, drop_long=True) if held_out else None
+    stats = {"source": config.data, "train": train.stats(), "eval": evaluation.stats() if evaluation else None}
+    empty = {name: values[:0] for name, values in train.tensors().items()}
+    return PackedDataset(train.tensors()), PackedDataset(evaluation.tensors() if evaluation else empty), stats

@@ -1,0 +1,107 @@
+"""Training objectives and the teacher they need, without a second copy of the model.
+
+Every converted layer keeps its original softmax-attention module (`mixer.softmax_attention`, unregistered, sharing
+the q/k/v/o weights). Putting those back and disabling LoRA gives exactly the unconverted model: the teacher.
+
+- `ce`:     next-token cross-entropy on the labelled tokens (the paper).
+- `kd`:     KL(teacher ‖ student) of the next-token distributions on the labelled tokens, temperature τ (× τ²).
+- `kd+ce`:  their sum.
+- `attn`:   attention transfer (LoLCATs stage 1): mean over layers of MSE(mixer output, softmax-attention output),
+            each layer fed the teacher's hidden states, so the layers are matched independently.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+OBJECTIVES = ("ce", "kd", "kd+ce", "attn")
+
+
+def converted_layers(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """(decoder layer, mixer) for every layer whose attention was replaced (the mixer keeps `softmax_attention`)."""
+    found = []
+    for module in model.modules():
+        mixer = getattr(module, "self_attn", None)
+        if mixer is not None and "softmax_attention" in vars(mixer):
+            found.append((module, mixer))
+    return found
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """LoRA off inside the block (a no-op for a model without peft adapters)."""
+    with ExitStack() as stack:
+        if hasattr(model, "disable_adapter"):
+            stack.enter_context(model.disable_adapter())
+        yield
+
+
+@contextmanager
+def teacher_mode(model: nn.Module) -> Iterator[None]:
+    """Inside the block `model` computes the original model: softmax attention back in every layer, LoRA off."""
+    layers = converted_layers(model)
+    with adapters_disabled(model):
+        for layer, mixer in layers:
+            layer.self_attn = mixer.softmax_attention
+        try:
+            yield
+        finally:
+            for layer, mixer in layers:
+                layer.self_attn = mixer
+
+
+@contextmanager
+def attention_transfer(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect one MSE per converted layer (into the yielded list) while the model runs on teacher activations."""
+    losses: list[torch.Tensor] = []
+
+    def match_softmax(mixer, args, kwargs, output):
+        with torch.no_grad(), adapters_disabled(model):
+            # Without the cache: the mixer has already advanced its own state for these tokens.
+            target = mixer.softmax_attention(*args, **{**kwargs, "past_key_values": None})[0]
+        losses.append(F.mse_loss(output[0].float(), target.float()))
+        return (target, *output[1:])
+
+    handles = [mixer.register_forward_hook(match_softmax, with_kwargs=True) for _, mixer in converted_layers(model)]
+    try:
+        yield losses
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, num_items: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token CE: logits [B, T, V] predict labels [B, T] shifted by one; -100 is ignored.
+
+    Summed and divided by `num_items` (the labelled tokens of the whole accumulated batch) when given, else the mean.
+    """
+    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    shift_labels = labels[:, 1:].reshape(-1)
+    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+    return total / _count(shift_labels, num_items)
+
+
+def distillation(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    num_items: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """τ² · KL(softmax(teacher/τ) ‖ softmax(student/τ)) summed over the positions that predict a labelled token."""
+    keep = labels[:, 1:] != -100
+    student = F.log_softmax(student_logits[:, :-1][keep].float() / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_logits[:, :-1][keep].float() / temperature, dim=-1)
+    kl = F.kl_div(student, teacher, log_target=True, reduction="sum")
+    return kl * temperature**2 / _count(labels[:, 1:].reshape(-1), num_items)
+
+
+def _count(shift_labels: torch.Tensor, num_items) -> torch.Tensor | int:
+    if num_items is not None:
+        return num_items
+    return (shift_labels != -100).sum().clamp(min=1)

@@ -1,0 +1,358 @@
+"""Step 2 of the pipeline: recover quality with a LoRA fine-tune on `transformers.Trainer`.
+
+`train(model, tokenizer, TrainConfig(...), out)` writes into `out`:
+    checkpoints/<stage>/checkpoint-N/   Trainer checkpoints; a `COMPLETE` marker is written last, and only marked
+                                        checkpoints are resumed from (a run killed while saving loses nothing)
+    metrics.jsonl                       one line per logged step / evaluation
+    transfer.safetensors                LoLCATs only: the feature maps after stage 1 (attention transfer)
+    adapter/                            the LoRA adapter (peft; plus LoLCATs feature maps) and the tokenizer
+    merged/                             with `merge=True`: a standalone converted model (AutoModelForCausalLM)
+    train_results.json                  tokens, steps, losses, held-out loss and perplexity before / after
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
+
+from ..convert import is_converted
+from ..io import OutputExistsError, atomic_directory, write_json_atomic, write_text_atomic
+from .config import TrainConfig, TrainConfigError, lolcats_stages
+from .data import training_data
+from .objectives import attention_transfer, cross_entropy, distillation, teacher_mode
+
+FEATURE_MAP_MODULES = ("feature_map_q", "feature_map_k", "window_factor")
+COMPLETE = "COMPLETE"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped before the optimizer step, checkpoints are intact."""
+
+
+@dataclass
+class TrainResult:
+    model: PreTrainedModel  # the trained model (a peft model, or the merged model when merge=True)
+    results: dict[str, Any]  # what train_results.json holds
+
+
+def train(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: TrainConfig | None = None,
+    out: str | Path = "runs/train",
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    base_path: str | Path | None = None,
+    callbacks: list[TrainerCallback] | tuple = (),
+) -> TrainResult:
+    """Fine-tune a converted model (in place) and write the run folder described in the module docstring.
+
+    Args:
+        model: a model converted with `liger_lm.convert` (or loaded from a Liger checkpoint).
+        config: settings (default `TrainConfig()`, the paper's). LoLCATs models run LoLCATs' two stages.
+        out: the run folder. It must not exist unless `resume` (continue its last complete checkpoint) or
+            `overwrite` (start over).
+        base_path: where the converted base model is saved, recorded in the adapter so it can be loaded alone.
+        callbacks: extra `transformers.TrainerCallback`s.
+    """
+    config = (config or TrainConfig()).validate()
+    if not is_converted(model):
+        raise TrainConfigError("the model is not converted; run liger_lm.convert(model) (or `liger convert`) first")
+    out = _prepare_out(Path(out), resume, overwrite)
+    started = time.perf_counter()
+    stages = lolcats_stages(config) if model.config.liger.get("method") == "lolcats" else [config]
+    history = []
+    for stage in stages:
+        name = "transfer" if stage.objective == "attn" and not stage.use_lora else "finetune"
+        model, summary = _run_stage(model, tokenizer, stage, out, name, resume, callbacks)
+        history.append({"stage": name, **summary})
+    results = _finish(model, tokenizer, stages[-1], out, base_path, history, started)
+    if stages[-1].merge:
+        model = _merge(model, tokenizer, out)
+    return TrainResult(model=model, results=results)
+
+
+def _prepare_out(out: Path, resume: bool, overwrite: bool) -> Path:
+    if out.exists() and not (resume or overwrite):
+        raise OutputExistsError(f"{out} already exists; pass --resume to continue it, --overwrite to start over")
+    if out.exists() and overwrite and not resume:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _run_stage(model, tokenizer, config: TrainConfig, out: Path, name: str, resume: bool, callbacks):
+    """Train one stage; returns the (possibly peft-wrapped) model and a summary of losses."""
+    set_seed(config.seed)
+    if name == "transfer" and (out / "transfer.safetensors").is_file():
+        _load_feature_maps(model, out / "transfer.safetensors")  # stage 1 already finished in an earlier run
+        return model, {"skipped": "finished in an earlier run"}
+    model = _trainable(model, config)
+    train_set, eval_set, data_stats = training_data(tokenizer, config)
+    checkpoints = out / "checkpoints" / name
+    trainer = RecoveryTrainer(
+        model=model,
+        args=_training_arguments(config, checkpoints, len(eval_set) > 0),
+        train_dataset=train_set,
+        eval_dataset=eval_set if len(eval_set) else None,
+        callbacks=[MetricsLog(out / "metrics.jsonl", name), MarkComplete(), *callbacks],
+        objective=config.objective,
+        kd_temperature=config.kd_temperature,
+    )
+    start_from = last_complete_checkpoint(checkpoints) if resume else None
+    before = None
+    if start_from is None:
+        MetricsLog.truncate(out / "metrics.jsonl", name, step=0)
+        before = trainer.evaluate() if len(eval_set) else None
+    else:
+        MetricsLog.truncate(out / "metrics.jsonl", name, step=_step_of(start_from))
+    _remove_incomplete(checkpoints)
+    output = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
+    after = trainer.evaluate() if len(eval_set) else None
+    if name == "transfer":
+        _save_feature_maps(model, out / "transfer.safetensors")
+    return model, {
+        "steps": trainer.state.global_step,
+        "tokens_seen": int(trainer.state.num_input_tokens_seen),
+        "train_loss": round(output.training_loss, 4),
+        "eval_loss_before": _loss(before),
+        "eval_loss_after": _loss(after),
+        "eval_perplexity_before": _ppl(before),
+        "eval_perplexity_after": _ppl(after),
+        "resumed_from": str(start_from) if start_from else None,
+        "data": data_stats,
+    }
+
+
+def _trainable(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """Wrap with LoRA (peft) and freeze everything else; LoLCATs feature maps train only in stage 1."""
+    if config.use_lora:
+        has_feature_maps = any(n.split(".")[-1] in FEATURE_MAP_MODULES for n, _ in model.named_modules())
+        lora = LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=list(config.lora_targets), task_type="CAUSAL_LM",
+            # LoLCATs: the feature maps trained in stage 1 go into the adapter, so it is complete on its own.
+            modules_to_save=list(FEATURE_MAP_MODULES) if has_feature_maps else None,
+        )
+        model = model if isinstance(model, PeftModel) else get_peft_model(model, lora)
+    for name, param in model.named_parameters():
+        in_feature_map = any(part in FEATURE_MAP_MODULES for part in name.split("."))
+        is_lora = "lora_" in name
+        param.requires_grad = (config.use_lora and is_lora) or (config.train_feature_maps and in_feature_map)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise TrainConfigError("no trainable parameters: check lora_targets against the model's module names")
+    return model
+
+
+def _training_arguments(config: TrainConfig, checkpoints: Path, has_eval: bool) -> TrainingArguments:
+    steps = config.max_steps()
+    every = max(1, steps // 10)
+    return TrainingArguments(
+        output_dir=str(checkpoints),
+        max_steps=steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr,
+        lr_scheduler_type=config.schedule,
+        warmup_steps=config.warmup,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim="adamw_torch",
+        bf16=use_bf16(config.precision),
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=config.eval_every or every,
+        save_strategy="steps",
+        save_steps=config.save_every or every,
+        save_total_limit=2,
+        logging_steps=config.log_every,
+        include_num_input_tokens_seen="non_padding",
+        label_names=["labels"],
+        remove_unused_columns=False,
+        dataloader_pin_memory=False,
+        disable_tqdm=not config.progress,
+        report_to="none",
+        seed=config.seed,
+        data_seed=config.seed,
+        **config.extra,
+    )
+
+
+def use_bf16(precision: str) -> bool:
+    """bf16 autocast only where it is fast: CUDA GPUs with bf16, CPUs with AVX-512 BF16 / AMX (emulated otherwise)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class RecoveryTrainer(Trainer):
+    """`Trainer` with the recovery objectives; evaluation always reports next-token CE (comparable across objectives)."""
+
+    # compute_loss returns per-micro-batch means; the Trainer divides them by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, objective: str = "ce", kd_temperature: float = 1.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.objective = objective
+        self.kd_temperature = kd_temperature
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        batch = {**{k: v for k, v in inputs.items() if k != "labels"}, "use_cache": False}
+        plain = self.accelerator.unwrap_model(model)
+        if not model.training or self.objective == "ce":
+            outputs = model(**batch)
+            loss = cross_entropy(outputs.logits, labels)
+        elif self.objective == "attn":
+            with attention_transfer(plain) as layer_losses:
+                outputs = model(**batch, logits_to_keep=1)
+            loss = torch.stack(layer_losses).mean()
+        else:
+            with torch.no_grad(), teacher_mode(plain):
+                teacher_logits = model(**batch).logits
+            outputs = model(**batch)
+            loss = distillation(outputs.logits, teacher_logits, labels, self.kd_temperature)
+            if self.objective == "kd+ce":
+                loss = loss + cross_entropy(outputs.logits, labels)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the {self.objective} loss became {loss.item()} at step {self.state.global_step}; training stopped "
+                f"and the last complete checkpoint in {self.args.output_dir} is kept: lower the learning rate or "
+                "check the data, then rerun with --resume"
+            )
+        return (loss, outputs) if return_outputs else loss
+
+
+class MetricsLog(TrainerCallback):
+    """Appends every log (train loss, lr, grad norm, eval loss, tokens) to a JSONL file, one object per line."""
+
+    def __init__(self, path: Path, stage: str) -> None:
+        self.path, self.stage = path, stage
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"stage": self.stage, "step": state.global_step, "tokens": int(state.num_input_tokens_seen), **logs}
+        if "eval_loss" in logs:
+            record["eval_perplexity"] = round(math.exp(min(logs["eval_loss"], 50.0)), 3)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    @staticmethod
+    def truncate(path: Path, stage: str, step: int) -> None:
+        """Drop this stage's lines after `step` (all of them for a fresh start): a resumed run logs them again."""
+        if not path.is_file():
+            return
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = [line for line in lines if not _logged_after(json.loads(line), stage, step)]
+        if len(kept) != len(lines):
+            write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def _logged_after(record: dict, stage: str, step: int) -> bool:
+    return record.get("stage") == stage and (step == 0 or record.get("step", 0) > step)
+
+
+class MarkComplete(TrainerCallback):
+    """Writes `COMPLETE` into a checkpoint once the Trainer has saved all of it (model, optimizer, RNG, state)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            (folder / COMPLETE).write_text(str(state.global_step), encoding="utf-8")
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest `checkpoint-N` in `folder` that has its `COMPLETE` marker."""
+    candidates = [p for p in folder.glob("checkpoint-*") if (p / COMPLETE).is_file()] if folder.is_dir() else []
+    return max(candidates, key=_step_of, default=None)
+
+
+def _remove_incomplete(folder: Path) -> None:
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        if not (path / COMPLETE).is_file():
+            shutil.rmtree(path)
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[1])
+
+
+def _loss(metrics: dict | None) -> float | None:
+    return None if metrics is None else round(metrics["eval_loss"], 4)
+
+
+def _ppl(metrics: dict | None) -> float | None:
+    return None if metrics is None else round(math.exp(min(metrics["eval_loss"], 50.0)), 3)
+
+
+def _feature_map_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        name: param.detach().contiguous()
+        for name, param in model.named_parameters()
+        if any(part in FEATURE_MAP_MODULES for part in name.split("."))
+    }
+
+
+def _save_feature_maps(model: nn.Module, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(_feature_map_state(model), str(tmp))
+    tmp.replace(path)
+
+
+def _load_feature_maps(model: nn.Module, path: Path) -> None:
+    state = load_file(str(path))
+    missing = set(_feature_map_state(model)) - set(state)
+    if missing:
+        raise TrainConfigError(f"{path} does not match this model (missing {sorted(missing)[:3]}…); use --overwrite")
+    model.load_state_dict(state, strict=False)
+
+
+def _finish(model, tokenizer, config: TrainConfig, out: Path, base_path, history, started) -> dict[str, Any]:
+    """Write the adapter (or, without LoRA, nothing more) and train_results.json."""
+    if isinstance(model, PeftModel):
+        if base_path is not None:
+            model.peft_config["default"].base_model_name_or_path = str(Path(base_path).resolve())
+        with atomic_directory(out / "adapter", overwrite=True) as staging:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+    last = history[-1]
+    results = {
+        "config": config.to_dict(),
+        "stages": history,
+        "tokens_trained": sum(stage.get("tokens_seen", 0) for stage in history),
+        "eval_loss_before": history[0].get("eval_loss_before"),
+        "eval_loss_after": last.get("eval_loss_after"),
+        "eval_perplexity_before": history[0].get("eval_perplexity_before"),
+        "eval_perplexity_after": last.get("eval_perplexity_after"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    write_json_atomic(out / "train_results.json", results)
+    return results
+
+
+def _merge(model, tokenizer, out: Path) -> PreTrainedModel:
+    """Fold LoRA into the weights and save a standalone converted model to `out/merged`."""
+    merged = model.merge_and_unload() if isinstance(model, PeftModel) else model
+    with atomic_directory(out / "merged", overwrite=True) as staging:
+        merged.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    return merged

@@ -1,0 +1,189 @@
+"""Recovery fine-tuning on tiny models: objectives, the teacher, what trains, resume, merge, adapters."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+import liger_lm
+from liger_lm.training import NonFiniteLossError, TrainConfig, TrainConfigError, train
+from liger_lm.training.objectives import attention_transfer, converted_layers, teacher_mode
+from liger_lm.training.trainer import COMPLETE, last_complete_checkpoint
+
+from conftest import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture
+def records_file(tmp_path):
+    """Instructions whose answer is the instruction's words shifted by one (learnable by a tiny model)."""
+    rng = random.Random(0)
+    path = tmp_path / "data.jsonl"
+    with path.open("w") as handle:
+        for _ in range(80):
+            words = [rng.randrange(5, 90) for _ in range(rng.randrange(3, 7))]
+            record = {"instruction": " ".join(f"w{w}" for w in words), "output": " ".join(f"w{w + 1}" for w in words)}
+            handle.write(json.dumps(record) + "\n")
+    return path
+
+
+def quick(records_file, **overrides) -> TrainConfig:
+    settings = dict(
+        data=str(records_file), seq_len=48, batch_size=4, grad_accum=1, max_tokens=48 * 4 * 12, eval_records=8,
+        lr=1e-2, progress=False, precision="fp32", save_every=4, eval_every=6,
+    )
+    return TrainConfig(**{**settings, **overrides})
+
+
+def converted(family="llama", seed=0):
+    return liger_lm.convert(tiny_model(family, seed), window=4)
+
+
+def perturb_lora(model) -> None:
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.5)
+
+
+def test_teacher_mode_is_the_unconverted_model(family):
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_model(family)
+    student = get_peft_model(liger_lm.convert(copy.deepcopy(base), window=4), LoraConfig(target_modules=["q_proj", "v_proj"]))
+    perturb_lora(student)
+    ids = torch.randint(3, 97, (2, 20))
+    with torch.no_grad():
+        expected = base(ids).logits
+        liger_logits = student(ids).logits
+        with teacher_mode(student):
+            teacher = student(ids).logits
+        after = student(ids).logits
+    assert torch.equal(teacher, expected)
+    assert not torch.allclose(liger_logits, expected, atol=1e-3)  # the student is a different model…
+    assert torch.equal(after, liger_logits)  # …and is restored on exit
+
+
+def test_attention_transfer_matches_each_layer_to_softmax():
+    base = tiny_model("qwen3")
+    model = liger_lm.convert(copy.deepcopy(base), window=4)
+    ids = torch.randint(3, 97, (1, 16))
+    captured = {}
+    hook = base.model.layers[1].self_attn.register_forward_hook(
+        lambda module, args, kwargs, out: captured.update(kwargs=kwargs, out=out[0]), with_kwargs=True
+    )
+    with torch.no_grad():
+        expected = base(ids, use_cache=False).logits
+    hook.remove()
+    with torch.no_grad(), attention_transfer(model) as losses:
+        logits = model(ids, use_cache=False).logits
+    assert len(losses) == len(converted_layers(model)) == 3
+    assert torch.allclose(logits, expected, atol=1e-5)  # every layer ran on the teacher's activations
+    with torch.no_grad():
+        own = model.model.layers[1].self_attn(**{**captured["kwargs"], "past_key_values": None})[0]
+    assert losses[1].item() == pytest.approx(torch.mean((own - captured["out"]) ** 2).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["ce", "kd", "kd+ce", "attn"])
+def test_loss_falls_and_only_lora_trains(objective, records_file, tmp_path):
+    model = converted()
+    frozen = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train(model, tiny_tokenizer(), quick(records_file, objective=objective), tmp_path / "run")
+    losses = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [r["loss"] for r in losses if "loss" in r]
+    assert sum(train_losses[-3:]) < sum(train_losses[:3])
+    if objective != "attn":  # attention transfer lowers its MSE, not necessarily CE
+        assert result.results["eval_loss_after"] < result.results["eval_loss_before"]
+    trained = result.model
+    changed = {n for n, p in trained.named_parameters() if p.requires_grad}
+    assert changed and all("lora_" in n for n in changed)
+    for name, value in trained.get_base_model().state_dict().items():
+        key = name.replace(".base_layer", "")
+        if "lora_" not in name:
+            assert torch.equal(value, frozen[key]), name
+
+
+class StopAtStep(TrainerCallback):
+    """Ends training after `step` optimizer steps, as an interruption would (the checkpoint at `step` is complete)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resume_after_stop_equals_uninterrupted(records_file, tmp_path):
+    config = quick(records_file, save_every=4)
+    full = train(converted(), tiny_tokenizer(), config, tmp_path / "full").model
+    train(converted(), tiny_tokenizer(), config, tmp_path / "split", callbacks=[StopAtStep(8)])
+    assert last_complete_checkpoint(tmp_path / "split" / "checkpoints" / "finetune").name == "checkpoint-8"
+    resumed = train(converted(), tiny_tokenizer(), config, tmp_path / "split", resume=True)
+    assert resumed.results["stages"][0]["resumed_from"].endswith("checkpoint-8")
+    lora = [(name, p) for name, p in full.named_parameters() if "lora_" in name]
+    for (name, a), (_, b) in zip(lora, [(n, p) for n, p in resumed.model.named_parameters() if "lora_" in n]):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_incomplete_checkpoint_is_never_resumed(records_file, tmp_path):
+    train(converted(), tiny_tokenizer(), quick(records_file, max_tokens=48 * 4 * 4), tmp_path / "run")
+    folder = tmp_path / "run" / "checkpoints" / "finetune"
+    newest = last_complete_checkpoint(folder)
+    broken = folder / "checkpoint-99"
+    broken.mkdir()
+    (broken / "adapter_model.safetensors").write_bytes(b"half a file")
+    assert last_complete_checkpoint(folder) == newest
+    (newest / COMPLETE).unlink()
+    assert last_complete_checkpoint(folder) != newest
+
+
+def test_adapter_reload_and_merged_model_match(records_file, tmp_path):
+    base_dir = tmp_path / "liger-base"
+    converted().save_pretrained(base_dir)
+    tiny_tokenizer().save_pretrained(base_dir)
+    config = quick(records_file, max_tokens=48 * 4 * 3, merge=True)
+    result = train(AutoModelForCausalLM.from_pretrained(base_dir), tiny_tokenizer(), config, tmp_path / "run",
+                   base_path=base_dir)
+    ids = torch.randint(3, 97, (2, 24))
+    with torch.no_grad():
+        expected = result.model(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "merged").eval()
+        adapter_on_base, _ = liger_lm.load_model(str(tmp_path / "run" / "adapter"))
+        untrained = AutoModelForCausalLM.from_pretrained(base_dir)(ids).logits
+        assert torch.allclose(merged(ids).logits, expected, atol=1e-5)
+        assert torch.allclose(adapter_on_base(ids).logits, expected, atol=1e-5)
+    assert not torch.allclose(untrained, expected, atol=1e-3)
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoints(records_file, tmp_path):
+    model = converted()
+    config = quick(records_file, save_every=2)
+    real_forward = model.forward
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        out = real_forward(*args, **kwargs)
+        calls["n"] += 1
+        if model.training and calls["n"] > 4:
+            out.logits = out.logits * float("nan")
+        return out
+
+    model.forward = poisoned
+    with pytest.raises(NonFiniteLossError, match="lower the learning rate"):
+        train(model, tiny_tokenizer(), config, tmp_path / "run")
+    assert last_complete_checkpoint(tmp_path / "run" / "checkpoints" / "finetune") is not None
+
+
+def test_bad_settings_and_unconverted_model(records_file, tmp_path):
+    with pytest.raises(TrainConfigError, match="objective"):
+        train(converted(), tiny_tokenizer(), quick(records_file, objective="mse"), tmp_path / "a")
+    with pytest.raises(TrainConfigError, match="not converted"):
+        train(tiny_model("llama"), tiny_tokenizer(), quick(records_file), tmp_path / "b")
+    (tmp_path / "c").mkdir()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(converted(), tiny_tokenizer(), quick(records_file), tmp_path / "c")
