@@ -13,6 +13,7 @@ import sys
 import tarfile
 
 import pytest
+import torch
 from tokenizers import processors
 
 from conftest import tiny_tokenizer
@@ -543,3 +544,25 @@ def test_real_bigbench_tasks_and_default_set():
             core = example.query.split("Question: ")[-1].removesuffix("\nAnswer:")
             if len(core) >= 30:  # shorter prefixes ("So", "The man") are not evidence of anything
                 assert core[:50] not in training_text, (name, core)
+
+
+def test_max_rows_stops_packing_early_with_the_same_rows():
+    tokenizer = tiny_tokenizer()
+    records = [{"instruction": "w5 w6", "output": " ".join(["w7"] * (i % 5 + 1))} for i in range(40)]
+    full = pack_records(records, tokenizer, seq_len=32)
+    first = pack_records(records, tokenizer, seq_len=32, max_rows=2)
+    assert len(full) > 2 and len(first) == 2
+    assert torch.equal(first.input_ids, full.input_ids[:2]) and torch.equal(first.labels, full.labels[:2])
+
+
+def test_local_task_file(tmp_path):
+    path = tmp_path / "task.jsonl"
+    path.write_text('{"query": "w5 w6", "choices": ["w7", "w8"], "label": 1}\n\n{"query": "w9", "choices": ["w1", "w2", "w3"], "label": 0}\n')
+    assert load_task(str(path), limit=None, seed=3) and sorted(e.query for e in load_task(str(path), None)) == ["w5 w6", "w9"]
+    assert MultipleChoiceExample("w5 w6", ("w7", "w8"), 1) in load_task(str(path), None)
+    path.write_text('{"query": "w5", "choices": ["w7"], "label": 0}\n')
+    with pytest.raises(DataError, match="line 1: needs ≥ 2 choices"):
+        load_task(str(path), None)
+    path.write_text('{"query": "w5", "label": 0}\n')
+    with pytest.raises(DataError, match="line 1"):
+        load_task(str(path), None)

@@ -187,3 +187,24 @@ def test_bad_settings_and_unconverted_model(records_file, tmp_path):
     (tmp_path / "c").mkdir()
     with pytest.raises(FileExistsError, match="--resume"):
         train(converted(), tiny_tokenizer(), quick(records_file), tmp_path / "c")
+
+
+def test_lolcats_two_stages_train_feature_maps_then_lora(records_file, tmp_path):
+    base_dir = tmp_path / "lolcats-base"
+    liger_lm.convert(tiny_model("qwen2"), method="lolcats", window=4, feature_dim=8).save_pretrained(base_dir)
+    tiny_tokenizer().save_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = train(model, tiny_tokenizer(), quick(records_file, max_tokens=48 * 4 * 12), tmp_path / "run", base_path=base_dir)
+    transfer, finetune = result.results["stages"]
+    assert transfer["stage"] == "transfer" and finetune["stage"] == "finetune"
+    assert finetune["eval_loss_after"] < finetune["eval_loss_before"]
+    after = result.model.get_base_model().state_dict()
+    for name, value in before.items():
+        trained_name = next(n for n in after if n.replace(".base_layer", "").replace(".modules_to_save.default", "") == name)
+        moved = not torch.equal(after[trained_name], value)
+        assert moved == any(part in name for part in ("feature_map", "window_factor")), name
+    ids = torch.randint(3, 97, (1, 20))
+    reloaded, _ = liger_lm.load_model(str(tmp_path / "run" / "adapter"))
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, result.model(ids).logits, atol=1e-5)

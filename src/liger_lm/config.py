@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 GATE_SOURCES = ("q", "k", "v")
+METHODS = {
+    "liger": "Liger: gated recurrence + sliding-window attention, no new parameters (arXiv 2503.01496)",
+    "lolcats": "LoLCATs: learned Hedgehog feature maps + sliding window, one normaliser (arXiv 2410.10254)",
+}
 FEATURE_MAPS = {
     "softmax": "softmax over the head dimension, no parameters (paper default)",
 }
@@ -22,6 +27,8 @@ class LigerConfigError(ValueError):
 class LigerConfig:
     """How to linearize a model. Field names double as keyword overrides of `liger_lm.convert`.
 
+    method:          "liger" (the paper's mixer) or "lolcats" (the LoLCATs baseline, DESIGN.md §1.3; it uses
+                     window, feature_dim, window_factor_init, softmax_layers/softmax_every and ignores the gate fields).
     gate:            gated recurrence of the linear branch (see `liger_lm.GATES`).
     feature_map:     feature map φ applied to q and k of the linear branch.
     window:          sliding-window size w of the softmax branch (tokens, including the current one).
@@ -34,6 +41,8 @@ class LigerConfig:
     num_slots:       M, slots of the GSA gate.
     gate_lower_bound: γ, lower bound of the HGRN2 forget gate.
     chunk_size:      block length of the chunked recurrent form (speed knob, no effect on results).
+    feature_dim:     LoLCATs: f, output size of each learned feature map W ∈ R^{D×f} (φ has 2f dims).
+    window_factor_init: LoLCATs: initial logit of the window factor γ = σ(·) (−2.197 → γ ≈ 0.1).
     """
 
     gate: str = "gla"
@@ -48,6 +57,9 @@ class LigerConfig:
     num_slots: int = 64
     gate_lower_bound: float = 0.0
     chunk_size: int = 16
+    method: str = "liger"  # absent from older checkpoints' config: they are Liger models
+    feature_dim: int = 64
+    window_factor_init: float = -2.197
 
     def __post_init__(self) -> None:
         self.softmax_layers = sorted(set(int(i) for i in self.softmax_layers))
@@ -57,10 +69,11 @@ class LigerConfig:
         """Raise `LigerConfigError` naming the first bad field; `num_layers` also checks layer indices."""
         from .modeling.gates import GATES
 
+        _check_choice("method", self.method, METHODS)
         _check_choice("gate", self.gate, GATES)
         _check_choice("feature_map", self.feature_map, FEATURE_MAPS)
         _check_choice("gate_source", self.gate_source, GATE_SOURCES)
-        for name in ("window", "chunk_size", "num_slots"):
+        for name in ("window", "chunk_size", "num_slots", "feature_dim"):
             _check_positive_int(name, getattr(self, name))
         if isinstance(self.softmax_every, bool) or not isinstance(self.softmax_every, int) or self.softmax_every < 0:
             raise LigerConfigError(f"softmax_every must be an integer ≥ 0, got {self.softmax_every!r}")
@@ -72,6 +85,9 @@ class LigerConfig:
                 raise LigerConfigError(f"{name} must be a number ≥ 0, got {value!r}")
         if self.rec_weight == 0 and self.swa_weight == 0:
             raise LigerConfigError("rec_weight and swa_weight are both 0: at least one branch must be on")
+        init = self.window_factor_init
+        if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
+            raise LigerConfigError(f"window_factor_init must be a finite number, got {init!r}")
         if self.gate_normalizer <= 0:
             raise LigerConfigError(f"gate_normalizer must be > 0, got {self.gate_normalizer!r}")
         if num_layers is not None:

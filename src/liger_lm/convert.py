@@ -15,13 +15,16 @@ def convert(model: PreTrainedModel, config: LigerConfig | None = None, **overrid
     """Linearize `model` in place and return it.
 
     Every attention layer (except `softmax_layers`) becomes a `LigerAttention` that reuses the layer's own
-    q/k/v/o weights; nothing else changes and no parameter is added. The model's class and config become the
-    registered `Liger<Family>` ones so that `save_pretrained` / `AutoModelForCausalLM.from_pretrained` round-trip.
+    q/k/v/o weights; nothing else changes and no parameter is added. With `method="lolcats"` it becomes a
+    `LolcatsAttention` instead, which adds only its learned feature maps and window factor (submodules
+    `feature_map_q`, `feature_map_k`, `window_factor`). The model's class and config become the registered
+    `Liger<Family>` ones so that `save_pretrained` / `AutoModelForCausalLM.from_pretrained` round-trip.
 
     Args:
         model: a LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM or Qwen3ForCausalLM.
         config: the settings (default: the paper's, `LigerConfig()`).
-        **overrides: `LigerConfig` field names, e.g. `gate="gla", window=64, softmax_layers=[0]`.
+        **overrides: `LigerConfig` field names, e.g. `gate="gla", window=64, softmax_layers=[0]`, or
+            `method="lolcats"` (with `feature_dim`, `window_factor_init`) for the LoLCATs baseline.
     """
     adapter = adapter_for(model)
     if is_converted(model):

@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from .errors import DataError
 
 IGNORE_INDEX = -100
+TOKENIZE_SLICE = 1024  # records tokenized per batch call
 
 # The Stanford Alpaca prompts (github.com/tatsu-lab/stanford_alpaca, train.py), with and without an input.
 ALPACA_TEMPLATE = {
@@ -105,27 +106,33 @@ def pack_records(
     tokenizer: PreTrainedTokenizerBase,
     seq_len: int = 1024,
     drop_long: bool = False,
+    max_rows: int | None = None,
 ) -> PackedData:
     """Pack `records` in order into [N, seq_len] rows (see the module docstring).
 
     A record longer than seq_len raises DataError, or with drop_long=True is left out and counted in `dropped`.
+    With `max_rows`, packing (and tokenizing, done in slices) stops once that many rows are full: a token budget
+    never pays for tokenizing a whole large dataset.
     """
     if seq_len < 2:
         raise DataError(f"seq_len must be at least 2 tokens, got {seq_len}")
     rows: list[tuple[list[int], list[int]]] = []
     packed = dropped = 0
-    for index, (ids, labels) in enumerate(tokenize_records(records, tokenizer)):
-        if len(ids) > seq_len:
-            if not drop_long:
-                raise DataError(f"record {index} is {len(ids)} tokens, longer than seq_len={seq_len}; "
-                                "raise seq_len or pass drop_long=True to leave such records out")
-            dropped += 1
-            continue
-        if not rows or len(rows[-1][0]) + len(ids) > seq_len:
-            rows.append(([], []))
-        rows[-1][0].extend(ids)
-        rows[-1][1].extend(labels)
-        packed += 1
+    for start in range(0, len(records), TOKENIZE_SLICE):
+        for offset, (ids, labels) in enumerate(tokenize_records(records[start : start + TOKENIZE_SLICE], tokenizer)):
+            if len(ids) > seq_len:
+                if not drop_long:
+                    raise DataError(f"record {start + offset} is {len(ids)} tokens, longer than seq_len={seq_len}; "
+                                    "raise seq_len or pass drop_long=True to leave such records out")
+                dropped += 1
+                continue
+            if not rows or len(rows[-1][0]) + len(ids) > seq_len:
+                if max_rows is not None and len(rows) == max_rows:
+                    return _to_tensors(rows, seq_len, _pad_id(tokenizer), packed, dropped)
+                rows.append(([], []))
+            rows[-1][0].extend(ids)
+            rows[-1][1].extend(labels)
+            packed += 1
     if records and not rows:
         raise DataError(f"all {len(records)} records are longer than seq_len={seq_len} tokens; raise seq_len")
     return _to_tensors(rows, seq_len, _pad_id(tokenizer), packed, dropped)

@@ -28,17 +28,19 @@ Subsets are the first `limit` examples after a `random.Random(seed)` shuffle of 
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from .bigbench import EVAL_SUBTASKS, read_task_json, subtask_path
 from .errors import DataError
 from .multiple_choice import MultipleChoiceExample
 
-__all__ = ["DEFAULT_SUITE", "TASKS", "TASK_SOURCES", "load_task", "qasc_examples", "science_examples", "target_scores_examples",
+__all__ = ["DEFAULT_SUITE", "TASKS", "TASK_SOURCES", "load_task", "local_task_examples", "qasc_examples", "science_examples", "target_scores_examples",
            "winogrande_examples"]
 
 # Sizes for scoring the suite with a 135M model on a 2-core CPU in a few minutes: these 900 examples are 2,823
@@ -58,17 +60,46 @@ Parser = Callable[[dict[str, Any]], list[MultipleChoiceExample]]
 
 
 def load_task(name: str, limit: int | None, seed: int = 0) -> list[MultipleChoiceExample]:
-    """The first `limit` examples (None: all) of task `name` after a seeded shuffle."""
-    if name not in TASKS:
-        raise DataError(f"unknown task {name!r}; available tasks: {', '.join(TASKS)}")
+    """The first `limit` examples (None: all) of task `name` after a seeded shuffle.
+
+    `name` is a built-in task (`TASKS`) or a local `.jsonl` file of {"query", "choices", "label"} objects.
+    """
     if limit is not None and limit <= 0:
         raise DataError(f"limit must be a positive number of examples (or None for all), got {limit}")
-    examples: list[MultipleChoiceExample] = []
-    for locator, parse in TASK_SOURCES[name]:
-        examples.extend(parse(read_task_json(_relative_path(locator))))
+    if name.endswith(".jsonl"):
+        examples = local_task_examples(Path(name))
+    elif name in TASKS:
+        examples = []
+        for locator, parse in TASK_SOURCES[name]:
+            examples.extend(parse(read_task_json(_relative_path(locator))))
+    else:
+        raise DataError(f"unknown task {name!r}; available tasks: {', '.join(TASKS)}, or a .jsonl file of "
+                        '{"query", "choices", "label"} lines')
     examples = list(dict.fromkeys(examples))  # the same item twice would count twice; keep the first
     random.Random(seed).shuffle(examples)
     return examples[:limit]
+
+
+def local_task_examples(path: Path) -> list[MultipleChoiceExample]:
+    """A JSONL task file: one {"query": str, "choices": [str, ...], "label": int} object per line."""
+    if not path.is_file():
+        raise DataError(f"task file {path} not found")
+    examples = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            choices = tuple(str(choice) for choice in row["choices"])
+            example = MultipleChoiceExample(str(row["query"]), choices, int(row["label"]))
+        except (ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{path} line {number}: expected {{\"query\", \"choices\", \"label\"}} ({err})") from None
+        if len(choices) < 2 or not 0 <= example.label < len(choices):
+            raise DataError(f"{path} line {number}: needs ≥ 2 choices and a label indexing one of them")
+        examples.append(example)
+    if not examples:
+        raise DataError(f"task file {path} has no examples")
+    return examples
 
 
 def target_scores_examples(task: dict[str, Any]) -> list[MultipleChoiceExample]:

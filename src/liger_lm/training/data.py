@@ -32,7 +32,9 @@ def training_data(tokenizer: PreTrainedTokenizerBase, config: TrainConfig) -> tu
     held_out, rest = records[: config.eval_records], records[config.eval_records :]
     if config.records is not None:
         rest = rest[: config.records]
-    train = pack_records(rest, tokenizer, seq_len=config.seq_len, drop_long=config.drop_long)
+    # Rows the budget consumes; a smaller dataset is repeated (epochs) by the Trainer.
+    rows_needed = config.max_steps() * config.batch_size * config.grad_accum
+    train = pack_records(rest, tokenizer, seq_len=config.seq_len, drop_long=config.drop_long, max_rows=rows_needed)
     evaluation = pack_records(held_out, tokenizer, seq_len=config.seq_len, drop_long=True) if held_out else None
     stats = {"source": config.data, "train": train.stats(), "eval": evaluation.stats() if evaluation else None}
     empty = {name: values[:0] for name, values in train.tensors().items()}
