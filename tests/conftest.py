@@ -92,3 +92,30 @@ def prefill_then_decode(model, ids: torch.Tensor, prefill: int) -> torch.Tensor:
     steps += [model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(prefill, ids.shape[1])]
     assert cache.get_seq_length() == ids.shape[1]
     return torch.cat(steps, dim=1)
+
+
+@pytest.fixture
+def instruction_file(tmp_path):
+    """80 Alpaca-style records whose answer is the instruction's words shifted by one (learnable by a tiny model)."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    path = tmp_path / "instructions.jsonl"
+    with path.open("w") as handle:
+        for _ in range(80):
+            words = [rng.randrange(5, 90) for _ in range(rng.randrange(3, 7))]
+            record = {"instruction": " ".join(f"w{w}" for w in words), "output": " ".join(f"w{w + 1}" for w in words)}
+            handle.write(json.dumps(record) + "\n")
+    return path
+
+
+@pytest.fixture
+def task_file(tmp_path):
+    """A 12-example multiple-choice task in the local JSONL format (query, choices, label)."""
+    import json
+
+    path = tmp_path / "task.jsonl"
+    rows = [{"query": f"w{i} w{i + 1}", "choices": [f"w{i + 2}", f"w{i + 7}", f"w{i + 3}"], "label": i % 3} for i in range(5, 17)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -78,13 +79,26 @@ def test_help_lists_every_command():
     assert all(name in done.stdout for name in ("convert", "generate", "run"))
 
 
-def test_run_main_job_on_a_tiny_model(tiny_model_dir, tmp_path):
+def test_run_pipeline_on_a_tiny_model_then_reuse(tiny_model_dir, instruction_file, task_file, tmp_path):
     out = tmp_path / "run"
-    done = liger("run", "--model", str(tiny_model_dir), "--out", str(out), "--window", "8", "--max-new-tokens", "4")
+    args = ["run", "--model", str(tiny_model_dir), "--out", str(out), "--window", "8", "--max-new-tokens", "4",
+            "--budget", "tiny", "--data", str(instruction_file), "--tasks", f"{task_file}=10"]
+    done = liger(*args)
     assert done.returncode == 0, done.stderr
     report = (out / "report.md").read_text()
-    assert "Training-free perplexity" in report and "Greedy generations" in report
-    assert (out / "results.json").is_file() and (out / "model" / "model.safetensors").is_file()
+    assert "recovery" in report and "Greedy generations" in report and "Llama-3-8B" in report
+    results = json.loads((out / "results.json").read_text())
+    assert results["scores"]["base"][str(task_file)]["n"] == 10
+    assert results["training"]["tokens_trained"] > 0 and (out / "train" / "adapter" / "adapter_config.json").is_file()
+    assert (out / "recovery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    again = liger(*args)
+    assert again.returncode == 0, again.stderr
+    assert all(f"reusing {what}" in again.stderr.replace("\n", " ") for what in ("the converted model", "the fine-tune"))
+    assert json.loads((out / "results.json").read_text())["scores"] == results["scores"]
+
+    changed = liger(*args[:-2], "--tasks", f"{task_file}=6")
+    assert changed.returncode == 2 and "other settings (tasks differ)" in changed.stderr
 
 
 def test_atomic_directory_leaves_the_previous_output_when_interrupted(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 
 import pytest
 import torch
@@ -18,22 +17,9 @@ from liger_lm.training.trainer import COMPLETE, last_complete_checkpoint
 from conftest import tiny_model, tiny_tokenizer
 
 
-@pytest.fixture
-def records_file(tmp_path):
-    """Instructions whose answer is the instruction's words shifted by one (learnable by a tiny model)."""
-    rng = random.Random(0)
-    path = tmp_path / "data.jsonl"
-    with path.open("w") as handle:
-        for _ in range(80):
-            words = [rng.randrange(5, 90) for _ in range(rng.randrange(3, 7))]
-            record = {"instruction": " ".join(f"w{w}" for w in words), "output": " ".join(f"w{w + 1}" for w in words)}
-            handle.write(json.dumps(record) + "\n")
-    return path
-
-
-def quick(records_file, **overrides) -> TrainConfig:
+def quick(instruction_file, **overrides) -> TrainConfig:
     settings = dict(
-        data=str(records_file), seq_len=48, batch_size=4, grad_accum=1, max_tokens=48 * 4 * 12, eval_records=8,
+        data=str(instruction_file), seq_len=48, batch_size=4, grad_accum=1, max_tokens=48 * 4 * 12, eval_records=8,
         lr=1e-2, progress=False, precision="fp32", save_every=4, eval_every=6,
     )
     return TrainConfig(**{**settings, **overrides})
@@ -89,10 +75,10 @@ def test_attention_transfer_matches_each_layer_to_softmax():
 
 
 @pytest.mark.parametrize("objective", ["ce", "kd", "kd+ce", "attn"])
-def test_loss_falls_and_only_lora_trains(objective, records_file, tmp_path):
+def test_loss_falls_and_only_lora_trains(objective, instruction_file, tmp_path):
     model = converted()
     frozen = {k: v.clone() for k, v in model.state_dict().items()}
-    result = train(model, tiny_tokenizer(), quick(records_file, objective=objective), tmp_path / "run")
+    result = train(model, tiny_tokenizer(), quick(instruction_file, objective=objective), tmp_path / "run")
     losses = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train_losses = [r["loss"] for r in losses if "loss" in r]
     assert sum(train_losses[-3:]) < sum(train_losses[:3])
@@ -118,8 +104,8 @@ class StopAtStep(TrainerCallback):
             control.should_training_stop = True
 
 
-def test_resume_after_stop_equals_uninterrupted(records_file, tmp_path):
-    config = quick(records_file, save_every=4)
+def test_resume_after_stop_equals_uninterrupted(instruction_file, tmp_path):
+    config = quick(instruction_file, save_every=4)
     full = train(converted(), tiny_tokenizer(), config, tmp_path / "full").model
     train(converted(), tiny_tokenizer(), config, tmp_path / "split", callbacks=[StopAtStep(8)])
     assert last_complete_checkpoint(tmp_path / "split" / "checkpoints" / "finetune").name == "checkpoint-8"
@@ -130,8 +116,8 @@ def test_resume_after_stop_equals_uninterrupted(records_file, tmp_path):
         assert torch.allclose(a, b, atol=1e-6), name
 
 
-def test_incomplete_checkpoint_is_never_resumed(records_file, tmp_path):
-    train(converted(), tiny_tokenizer(), quick(records_file, max_tokens=48 * 4 * 4), tmp_path / "run")
+def test_incomplete_checkpoint_is_never_resumed(instruction_file, tmp_path):
+    train(converted(), tiny_tokenizer(), quick(instruction_file, max_tokens=48 * 4 * 4), tmp_path / "run")
     folder = tmp_path / "run" / "checkpoints" / "finetune"
     newest = last_complete_checkpoint(folder)
     broken = folder / "checkpoint-99"
@@ -142,11 +128,11 @@ def test_incomplete_checkpoint_is_never_resumed(records_file, tmp_path):
     assert last_complete_checkpoint(folder) != newest
 
 
-def test_adapter_reload_and_merged_model_match(records_file, tmp_path):
+def test_adapter_reload_and_merged_model_match(instruction_file, tmp_path):
     base_dir = tmp_path / "liger-base"
     converted().save_pretrained(base_dir)
     tiny_tokenizer().save_pretrained(base_dir)
-    config = quick(records_file, max_tokens=48 * 4 * 3, merge=True)
+    config = quick(instruction_file, max_tokens=48 * 4 * 3, merge=True)
     result = train(AutoModelForCausalLM.from_pretrained(base_dir), tiny_tokenizer(), config, tmp_path / "run",
                    base_path=base_dir)
     ids = torch.randint(3, 97, (2, 24))
@@ -160,9 +146,9 @@ def test_adapter_reload_and_merged_model_match(records_file, tmp_path):
     assert not torch.allclose(untrained, expected, atol=1e-3)
 
 
-def test_nan_loss_stops_with_clear_error_and_keeps_checkpoints(records_file, tmp_path):
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoints(instruction_file, tmp_path):
     model = converted()
-    config = quick(records_file, save_every=2)
+    config = quick(instruction_file, save_every=2)
     real_forward = model.forward
     calls = {"n": 0}
 
@@ -179,23 +165,23 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoints(records_file, tmp
     assert last_complete_checkpoint(tmp_path / "run" / "checkpoints" / "finetune") is not None
 
 
-def test_bad_settings_and_unconverted_model(records_file, tmp_path):
+def test_bad_settings_and_unconverted_model(instruction_file, tmp_path):
     with pytest.raises(TrainConfigError, match="objective"):
-        train(converted(), tiny_tokenizer(), quick(records_file, objective="mse"), tmp_path / "a")
+        train(converted(), tiny_tokenizer(), quick(instruction_file, objective="mse"), tmp_path / "a")
     with pytest.raises(TrainConfigError, match="not converted"):
-        train(tiny_model("llama"), tiny_tokenizer(), quick(records_file), tmp_path / "b")
+        train(tiny_model("llama"), tiny_tokenizer(), quick(instruction_file), tmp_path / "b")
     (tmp_path / "c").mkdir()
     with pytest.raises(FileExistsError, match="--resume"):
-        train(converted(), tiny_tokenizer(), quick(records_file), tmp_path / "c")
+        train(converted(), tiny_tokenizer(), quick(instruction_file), tmp_path / "c")
 
 
-def test_lolcats_two_stages_train_feature_maps_then_lora(records_file, tmp_path):
+def test_lolcats_two_stages_train_feature_maps_then_lora(instruction_file, tmp_path):
     base_dir = tmp_path / "lolcats-base"
     liger_lm.convert(tiny_model("qwen2"), method="lolcats", window=4, feature_dim=8).save_pretrained(base_dir)
     tiny_tokenizer().save_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = train(model, tiny_tokenizer(), quick(records_file, max_tokens=48 * 4 * 12), tmp_path / "run", base_path=base_dir)
+    result = train(model, tiny_tokenizer(), quick(instruction_file, max_tokens=48 * 4 * 12), tmp_path / "run", base_path=base_dir)
     transfer, finetune = result.results["stages"]
     assert transfer["stage"] == "transfer" and finetune["stage"] == "finetune"
     assert finetune["eval_loss_after"] < finetune["eval_loss_before"]

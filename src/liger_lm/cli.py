@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     help="Linearize pretrained Llama / Mistral / Qwen2 / Qwen3 models with Liger (arXiv 2503.01496).",
@@ -47,6 +49,7 @@ def _layers(text: str) -> list[int]:
 def convert(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the converted model to.")],
     model: Annotated[str, typer.Option("--model", help=MODEL_HELP)] = "default",
+    method: Annotated[str, typer.Option("--method", help="liger (paper) or lolcats (LoLCATs baseline: learned feature maps, window factor).")] = "liger",
     gate: Annotated[str, typer.Option("--gate", help=GATE_HELP)] = "gla",
     window: Annotated[int, typer.Option("--window", help="Sliding-window size w in tokens.")] = 64,
     rec_weight: Annotated[float, typer.Option("--rec-weight", help="α: weight of the recurrent branch.")] = 0.5,
@@ -61,21 +64,23 @@ def convert(
     """Convert a model to Liger and save it (safetensors + config); reload with AutoModelForCausalLM."""
     from . import LigerConfig, convert as convert_model, load_model
     from .io import atomic_directory
+    from .models import check_convertible
 
     settings = LigerConfig(
-        gate=gate, window=window, rec_weight=rec_weight, swa_weight=swa_weight,
+        method=method, gate=gate, window=window, rec_weight=rec_weight, swa_weight=swa_weight,
         softmax_layers=_layers(softmax_layers), softmax_every=softmax_every,
         gate_source=gate_source, num_slots=num_slots, gate_lower_bound=gate_lower_bound,
     )
     if out.exists() and not overwrite:
         _fail(f"{out} already exists; choose another --out or pass --overwrite")
+    check_convertible(model)
     with console.status(f"loading {model}"):
         base, tokenizer = load_model(model)
     liger = convert_model(base, settings)
     with atomic_directory(out, overwrite=overwrite) as staging:
         liger.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-    console.print(f"[green]saved[/] Liger-{gate} model to {out}")
+    console.print(f"[green]saved[/] {'LoLCATs' if method == 'lolcats' else f'Liger-{gate}'} model to {out}")
 
 
 @app.command()
@@ -88,13 +93,17 @@ def generate(
     top_p: Annotated[float, typer.Option("--top-p", min=0.01, max=1.0)] = 0.9,
     chat: Annotated[bool, typer.Option("--chat/--no-chat", help="Apply the tokenizer's chat template.")] = True,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when visible), cpu or cuda[:N].")] = "auto",
 ):
     """Generate text with a (converted) model using the constant-memory Liger cache."""
     from . import load_model
     from .generation import generate_text
+    from .models import resolve_device
 
+    target = resolve_device(device)  # before loading: a missing GPU must not cost a model load
     with console.status(f"loading {model_dir}"):
         model, tokenizer = load_model(model_dir)
+    model.to(target)
     texts = generate_text(
         model, tokenizer, prompt, max_new_tokens, sample=sample, temperature=temperature, top_p=top_p, chat=chat, seed=seed
     )
@@ -105,40 +114,216 @@ def generate(
 
 
 @app.command()
+def train(
+    model_dir: Annotated[str, typer.Argument(help="A converted model folder (from `liger convert`).")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics.jsonl, adapter/, merged/.")],
+    data: Annotated[str, typer.Option("--data", help="'default' (BIG-bench instructions), a .json/.jsonl/.txt file or an HF dataset name[:split].")] = "default",
+    max_tokens: Annotated[str, typer.Option("--max-tokens", help="Token budget, e.g. 2M, 500k or 300000.")] = "2M",
+    objective: Annotated[str, typer.Option("--objective", help="ce (paper), kd, kd+ce or attn (attention transfer).")] = "ce",
+    seq_len: Annotated[int, typer.Option("--seq-len", min=2, help="Packed sequence length.")] = 1024,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per device per micro-step.")] = 1,
+    grad_accum: Annotated[int, typer.Option("--grad-accum", min=1, help="Micro-steps per optimizer step.")] = 8,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (cosine schedule, warm-up).")] = 1e-3,
+    lora_r: Annotated[int, typer.Option("--lora-r", min=1)] = 8,
+    lora_alpha: Annotated[int, typer.Option("--lora-alpha", min=1)] = 8,
+    lora_targets: Annotated[str, typer.Option("--lora-targets", help="Comma-separated module names.")] = "q_proj,k_proj,v_proj",
+    eval_records: Annotated[int, typer.Option("--eval-records", min=0, help="Held-out records for the eval loss.")] = 64,
+    save_every: Annotated[int | None, typer.Option("--save-every", min=1, help="Checkpoint every N steps (default: 10 per run).")] = None,
+    precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where fast), fp32 or bf16.")] = "auto",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the last complete checkpoint in --out.")] = False,
+    merge: Annotated[bool, typer.Option("--merge", help="Also write merged standalone weights to --out/merged.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete --out and start over.")] = False,
+):
+    """Recover quality with a LoRA fine-tune (transformers Trainer); resumable, with held-out loss and a JSONL log."""
+    from . import load_model
+    from .training import NonFiniteLossError, TrainConfig, train as train_model
+
+    config = TrainConfig(
+        data=data, max_tokens=_count(max_tokens, "--max-tokens"), objective=objective, seq_len=seq_len,
+        batch_size=batch_size, grad_accum=grad_accum, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
+        lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()), eval_records=eval_records,
+        save_every=save_every, precision=precision, seed=seed, merge=merge,
+    ).validate()
+    if out.exists() and not (resume or overwrite):
+        _fail(f"{out} already exists; pass --resume to continue it or --overwrite to start over")
+    with console.status(f"loading {model_dir}"):
+        model, tokenizer = load_model(model_dir)
+    base_path = model_dir if Path(model_dir).is_dir() else None
+    try:
+        result = train_model(model, tokenizer, config, out, resume=resume, overwrite=overwrite, base_path=base_path)
+    except NonFiniteLossError as err:  # not a usage error, but the message says all the user needs
+        _fail(str(err))
+    summary = result.results
+    console.print(
+        f"[green]done[/] {summary['tokens_trained']:,} tokens in {summary['seconds']} s; held-out loss "
+        f"{summary['eval_loss_before']} → {summary['eval_loss_after']} (perplexity {summary['eval_perplexity_before']}"
+        f" → {summary['eval_perplexity_after']}) → {out}"
+    )
+
+
+def _count(text: str, option: str) -> int:
+    """'2M' → 2_000_000, '500k' → 500_000, '300000' → 300000."""
+    scale = {"k": 1_000, "m": 1_000_000, "b": 1_000_000_000}.get(text.strip()[-1:].lower(), 1)
+    number = text.strip()[:-1] if scale > 1 else text.strip()
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise typer.BadParameter(f"expected a count like 2M, 500k or 300000, got {text!r}", param_hint=option) from None
+    if value < 1:
+        raise typer.BadParameter(f"must be at least 1, got {text!r}", param_hint=option)
+    return int(value)
+
+
+@app.command()
 def run(
-    out: Annotated[Path, typer.Option("--out", help="Run folder for report.md, results.json and the model.")] = Path("runs/default"),
+    out: Annotated[Path, typer.Option("--out", help="Run folder: model/, train/, eval/, report.md, results.json, recovery.png.")] = Path("runs/default"),
     model: Annotated[str, typer.Option("--model", help=MODEL_HELP)] = "default",
+    method: Annotated[str, typer.Option("--method", help="liger (paper) or lolcats (baseline).")] = "liger",
     gate: Annotated[str, typer.Option("--gate", help=GATE_HELP)] = "gla",
     window: Annotated[int, typer.Option("--window")] = 64,
+    budget: Annotated[str, typer.Option("--budget", help="tiny (smoke test), default (~15–20 min on a 2-core CPU) or paper (20 M tokens).")] = "default",
+    data: Annotated[str, typer.Option("--data", help="Fine-tuning data: 'default' (BIG-bench instructions), a local file or an HF dataset.")] = "default",
+    tasks: Annotated[str, typer.Option("--tasks", help="'default' (suite at the budget's size) or 'name[=size],…' (names or .jsonl files).")] = "default",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 32,
-    save_model: Annotated[bool, typer.Option("--save-model/--no-save-model")] = True,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of reusing finished steps in --out.")] = False,
 ):
-    """The main job: load the model, convert it, compare it with the base model, write a report."""
+    """The whole pipeline: load → convert → fine-tune → evaluate base and Liger → recovery report (reuses finished steps)."""
     from .config import LigerConfig
+    from .evaluate import parse_task_spec
     from .run import RunOptions, main_job
 
     options = RunOptions(
-        model=model, out=out, liger=LigerConfig(gate=gate, window=window),
-        max_new_tokens=max_new_tokens, save_model=save_model, overwrite=overwrite,
+        model=model, out=out, liger=LigerConfig(method=method, gate=gate, window=window), budget=budget, data=data,
+        tasks=None if tasks == "default" else parse_task_spec(tasks), seed=seed, max_new_tokens=max_new_tokens,
+        overwrite=overwrite,
     )
     results = main_job(options, log=lambda message: console.print(f"[cyan]›[/] {message}"))
     typer.echo((out / "report.md").read_text(encoding="utf-8"))
-    console.print(f"[green]done[/] in {results['seconds']['total']} s → {out}")
+    console.print(f"[green]done[/] in {results['seconds']['this_invocation']} s → {out}")
+
+
+@app.command()
+def bench(
+    out: Annotated[Path, typer.Option("--out", help="Folder for model.json + model.png (ops.json + ops.png with --ops).")] = Path("bench"),
+    model: Annotated[str, typer.Option("--model", help=MODEL_HELP)] = "default",
+    ops: Annotated[bool, typer.Option("--ops", help="Op level: chunked vs naive GLA vs torch SDPA, blocked vs naive SWA.")] = False,
+    lengths: Annotated[str, typer.Option("--lengths", help="Context lengths, e.g. '1k,4k,16k' (k = 1024).")] = "1k,4k,16k",
+    batch: Annotated[str, typer.Option("--batch", help="Batch sizes, e.g. '1,16'.")] = "1,16",
+    dtype: Annotated[str, typer.Option("--dtype", help="Weight dtypes to measure: 'fp32', 'bf16' or 'fp32,bf16'.")] = "fp32,bf16",
+    decode_tokens: Annotated[int, typer.Option("--decode-tokens", help="Decode steps per measurement (median step).")] = 16,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed repeats per prefill / op (median).")] = 5,
+    max_seconds: Annotated[float, typer.Option("--max-seconds", help="Stop repeating a measurement after this long.")] = 20.0,
+    short_prefill: Annotated[int, typer.Option("--short-prefill", help="Prefill length of the Liger state for batches too large to prefill.")] = 256,
+    prefill_token_cap: Annotated[int, typer.Option("--prefill-token-cap", help="Prefill only where batch × length <= this.")] = 16384,
+    forward_length: Annotated[int, typer.Option("--forward-length", help="T of the forward-throughput test (fp32 vs bf16 autocast).")] = 2048,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
+):
+    """Speed and memory: base model vs Liger (prefill, decode, memory per length and batch), or the ops (--ops)."""
+    import json
+
+    from .benchmark import BenchOptions, parse_sizes, run_benchmark
+
+    options = BenchOptions(
+        out=out, model=model, ops=ops, lengths=parse_sizes(lengths, "--lengths"), batches=parse_sizes(batch, "--batch"),
+        dtypes=[d.strip() for d in dtype.split(",") if d.strip()], decode_tokens=decode_tokens, repeats=repeats,
+        max_seconds=max_seconds, short_prefill=short_prefill, prefill_token_cap=prefill_token_cap,
+        forward_length=forward_length, device=device,
+    )
+    results = run_benchmark(options, log=lambda message: console.print(f"[cyan]›[/] {message}"))
+    typer.echo(json.dumps(results["summary"], indent=2))
+    name = "ops" if ops else "model"
+    console.print(f"[green]done[/] → {out / (name + '.json')}, {out / (name + '.png')}")
+
+
+@app.command(name="eval")
+def eval_command(
+    model_dir: Annotated[str, typer.Argument(help="Model to evaluate: a converted folder or anything --model accepts.")],
+    tasks: Annotated[str, typer.Option("--tasks", help="'default' (suite), 'none', or 'name,name=size,...'.")] = "default",
+    base: Annotated[str | None, typer.Option("--base", help=f"Also evaluate this base model and report recovery: {MODEL_HELP}.")] = None,
+    ppl: Annotated[str | None, typer.Option("--ppl", help="Perplexity of a text file or hf:<dataset>[:<config>]:<split>[:<column>].")] = None,
+    context: Annotated[int, typer.Option("--context", min=1, help="Perplexity window length in tokens.")] = 1024,
+    stride: Annotated[int, typer.Option("--stride", min=1, help="New tokens scored per perplexity window (≤ --context).")] = 512,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N examples per task.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the task example sampling.")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", help="Write all results to this JSON file.")] = None,
+):
+    """Zero-shot task accuracy (lm-eval's acc / acc_norm), optional perplexity and recovery against --base."""
+    from .evaluate import evaluate_named_models, parse_task_spec
+    from .io import write_json_atomic
+
+    results = evaluate_named_models(
+        model_dir, base=base, tasks=parse_task_spec(tasks, limit), ppl_source=ppl,
+        context=context, stride=stride, batch_size=batch_size, seed=seed,
+    )
+    _print_eval(results)
+    if out is not None:
+        write_json_atomic(out, results)
+        console.print(f"[green]saved[/] {out}")
+
+
+def _print_eval(results: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{results['model']} (scores ×100)")
+    if results.get("recovery"):
+        for column in ("task", "base", "converted", "recovery %"):
+            table.add_column(column, justify="left" if column == "task" else "right")
+        summary = results["recovery"]
+        for task, ratio in summary["tasks"].items():
+            pair = (results["base_scores"][task][summary["metric"]], results["scores"][task][summary["metric"]])
+            table.add_row(f"{task} ({summary['metric']})", *(f"{100 * v:.1f}" for v in pair), _pct(ratio))
+        table.add_row("average", f"{100 * summary['base_average']:.1f}",
+                      f"{100 * summary['converted_average']:.1f}", _pct(summary["average"]))
+    else:
+        for column in ("task", "acc", "acc_norm", "n"):
+            table.add_column(column, justify="left" if column == "task" else "right")
+        for task, score in results["scores"].items():
+            table.add_row(task, f"{100 * score['acc']:.1f}", f"{100 * score['acc_norm']:.1f}", str(score["n"]))
+    if table.rows:
+        Console(soft_wrap=True).print(table)
+    if "perplexity" in results:
+        ppl = results["perplexity"]
+        parts = [f"{role} {ppl[role]['ppl']:.2f}" for role in ("model", "base") if role in ppl]
+        tokens = ppl["model"]["tokens"]
+        typer.echo(f"perplexity of {ppl['source']} ({tokens} tokens, context {ppl['context']}): " + ", ".join(parts))
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/] {message}")
+    _print_error(message)
     raise typer.Exit(2)
+
+
+def _print_error(message: str) -> None:
+    """One red line: newlines of library messages are folded, brackets are printed literally (no rich markup)."""
+    console.print("[red]error:[/]", escape(" ".join(str(message).split())))
 
 
 def main() -> None:
     """Entry point: user errors become one line and exit code 2 (`--debug` shows the traceback)."""
     try:
-        app()  # standalone: usage errors (non-numeric values, missing options) print one message, exit 2
+        # Not standalone, so usage errors (non-numeric values, missing options) reach us and print as one line too.
+        code = app(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.ClickException as err:
+        hint = f" (see `{err.ctx.command_path} --help`)" if getattr(err, "ctx", None) else ""
+        _print_error(err.format_message() + hint)
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        _print_error("aborted")
+        sys.exit(130)
     # Our errors (LigerConfigError, ModelLoadError, OutputExistsError, …) are ValueError / OSError subclasses.
     except (ValueError, OSError) as err:
         if STATE["debug"]:
             raise
-        console.print(f"[red]error:[/] {err}")
+        _print_error(str(err))
         sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
