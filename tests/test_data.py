@@ -566,3 +566,17 @@ def test_local_task_file(tmp_path):
     path.write_text('{"query": "w5", "label": 0}\n')
     with pytest.raises(DataError, match="line 1"):
         load_task(str(path), None)
+
+
+def test_prompt_loss_labels_the_prompt_but_not_special_tokens():
+    tokenizer = tiny_tokenizer()
+    records = [{"instruction": "w5 w6", "output": "w7 w8"}]
+    plain = pack_records(records, tokenizer, seq_len=64)
+    full = pack_records(records, tokenizer, seq_len=64, prompt_loss=True)
+    assert torch.equal(plain.input_ids, full.input_ids)
+    response = plain.labels != IGNORE_INDEX
+    assert torch.equal(full.labels[response], plain.labels[response])
+    real = full.attention_mask.bool()
+    special = torch.isin(full.input_ids, torch.tensor(tokenizer.all_special_ids))
+    assert torch.equal(full.labels[real & ~special], full.input_ids[real & ~special])
+    assert (full.labels[special & real & ~response] == IGNORE_INDEX).all()

@@ -276,3 +276,49 @@ def test_sliding_window_keeps_input_dtype():
     torch.manual_seed(8)
     q, k, v, key_valid = (x.bfloat16() if x.is_floating_point() else x for x in swa_inputs(length=9, past=2))
     assert sliding_window_attention(q, k, v, 4, 0.3, key_valid).dtype == torch.bfloat16
+
+
+def test_chunk_gla_mixes_matmul_and_pairwise_chunks():
+    """Weak-decay chunks take the factored matmul form, strong-decay chunks the pairwise one: both exact."""
+    torch.manual_seed(5)
+    q, k, v, g = gla_inputs(length=64, qk="randn", decay="gla")
+    g[:, 16:32] = -6.0  # one chunk of 16 decays by e^−96: beyond MATMUL_LOG_RANGE
+    for fn in (chunk_gla, chunk_gla_value_decay):
+        g_fn = g if fn is chunk_gla else g[..., :5]
+        reference = naive_recurrent_gla if fn is chunk_gla else naive_recurrent_gla_value_decay
+        o_ref, s_ref = reference(q, k, v, g_fn)
+        o, s = fn(q, k, v, g_fn, chunk_size=16)
+        assert_close_to(o, o_ref)
+        assert_close_to(s, s_ref)
+
+
+@pytest.mark.parametrize("fn", [gla, gla_value_decay])
+def test_gla_ops_stay_fp32_under_bf16_autocast(fn):
+    torch.manual_seed(6)
+    q, k, v, g = gla_inputs(length=40, decay_on="key" if fn is gla else "value")
+    o_ref, s_ref = fn(q, k, v, g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o, s = fn(q, k, v, g)
+    assert o.dtype == s.dtype == torch.float32
+    assert_close_to(o, o_ref)
+    assert_close_to(s, s_ref)
+
+
+@pytest.mark.parametrize("past", [0, 5, 7])
+@pytest.mark.parametrize("pad", [None, "left", "empty_row"])
+def test_single_query_window_attention_matches_naive(past, pad):
+    """The decode step (one query, every key inside the window) equals the naive reference, GQA and padding."""
+    torch.manual_seed(7)
+    q = torch.randn(2, 1, 6, 8)
+    k, v = torch.randn(2, past + 1, 2, 8), torch.randn(2, past + 1, 2, 8)
+    key_valid = None
+    if pad is not None:
+        key_valid = torch.ones(2, past + 1, dtype=torch.bool)
+        key_valid[0, : past // 2] = False
+        if pad == "empty_row":
+            key_valid[1] = False
+    out = sliding_window_attention(q, k, v, window=8, scale=0.3, key_valid=key_valid)
+    expected = naive_sliding_window_attention(q, k, v, window=8, scale=0.3, key_valid=key_valid)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    if pad == "empty_row":
+        assert out[1].abs().max() == 0

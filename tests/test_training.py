@@ -194,3 +194,14 @@ def test_lolcats_two_stages_train_feature_maps_then_lora(instruction_file, tmp_p
     reloaded, _ = liger_lm.load_model(str(tmp_path / "run" / "adapter"))
     with torch.no_grad():
         assert torch.allclose(reloaded(ids).logits, result.model(ids).logits, atol=1e-5)
+
+
+def test_resumed_run_reports_the_loss_before_training(instruction_file, tmp_path):
+    config = quick(instruction_file, max_tokens=48 * 4 * 6, save_every=2)
+    first = train(converted(), tiny_tokenizer(), config, tmp_path / "run", callbacks=[StopAtStep(4)])
+    resumed = train(converted(), tiny_tokenizer(), config, tmp_path / "run", resume=True)
+    assert resumed.results["eval_loss_before"] == first.results["eval_loss_before"] is not None
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [(r["step"], "eval_loss" in r, "loss" in r, "train_loss" in r) for r in records]
+    assert [step for step, *_ in logged] == sorted(step for step, *_ in logged)
+    assert len(logged) == len(set(logged))  # nothing logged twice across the stop and the resume

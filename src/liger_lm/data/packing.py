@@ -86,19 +86,29 @@ def format_prompt(record: Mapping[str, str]) -> tuple[str, str]:
 
 
 def tokenize_records(
-    records: Sequence[Mapping[str, str]], tokenizer: PreTrainedTokenizerBase
+    records: Sequence[Mapping[str, str]], tokenizer: PreTrainedTokenizerBase, prompt_loss: bool = False
 ) -> list[tuple[list[int], list[int]]]:
-    """(ids, labels) per record: prompt ids (with special tokens) masked, then response ids + EOS as targets."""
+    """(ids, labels) per record: prompt ids (with special tokens) masked, then response ids + EOS as targets.
+
+    With `prompt_loss` the prompt tokens are targets too (special tokens such as BOS stay masked).
+    """
     eos = _eos_id(tokenizer)
     pairs = [format_prompt(record) for record in records]
     if not pairs:
         return []
     prompt_ids = tokenizer([prompt for prompt, _ in pairs], add_special_tokens=True)["input_ids"]
     response_ids = tokenizer([response for _, response in pairs], add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids)
     return [
-        (prompt + response + [eos], [IGNORE_INDEX] * len(prompt) + response + [eos])
+        (prompt + response + [eos], _prompt_labels(prompt, prompt_loss, special) + response + [eos])
         for prompt, response in zip(prompt_ids, response_ids)
     ]
+
+
+def _prompt_labels(prompt: list[int], prompt_loss: bool, special: set[int]) -> list[int]:
+    if not prompt_loss:
+        return [IGNORE_INDEX] * len(prompt)
+    return [IGNORE_INDEX if token in special else token for token in prompt]
 
 
 def pack_records(
@@ -107,19 +117,20 @@ def pack_records(
     seq_len: int = 1024,
     drop_long: bool = False,
     max_rows: int | None = None,
+    prompt_loss: bool = False,
 ) -> PackedData:
     """Pack `records` in order into [N, seq_len] rows (see the module docstring).
 
     A record longer than seq_len raises DataError, or with drop_long=True is left out and counted in `dropped`.
     With `max_rows`, packing (and tokenizing, done in slices) stops once that many rows are full: a token budget
-    never pays for tokenizing a whole large dataset.
+    never pays for tokenizing a whole large dataset. `prompt_loss` also trains on the prompts (see `tokenize_records`).
     """
     if seq_len < 2:
         raise DataError(f"seq_len must be at least 2 tokens, got {seq_len}")
     rows: list[tuple[list[int], list[int]]] = []
     packed = dropped = 0
     for start in range(0, len(records), TOKENIZE_SLICE):
-        for offset, (ids, labels) in enumerate(tokenize_records(records[start : start + TOKENIZE_SLICE], tokenizer)):
+        for offset, (ids, labels) in enumerate(tokenize_records(records[start : start + TOKENIZE_SLICE], tokenizer, prompt_loss)):
             if len(ids) > seq_len:
                 if not drop_long:
                     raise DataError(f"record {start + offset} is {len(ids)} tokens, longer than seq_len={seq_len}; "

@@ -52,11 +52,13 @@ class LigerCacheLayer(CacheLayerMixin):
         """Store the new state and keep only the last `window − 1` of (buffer + new) keys/values."""
         self.state = state
         if keys is not None:
-            # clone: a slice would keep the whole prefill's keys alive through its storage
             start = max(keys.shape[1] - (window - 1), 0)
-            self.keys = keys[:, start:].clone()
-            self.values = values[:, start:].clone()
-            self.key_valid = key_valid[:, start:].clone()
+            keys, values, key_valid = keys[:, start:], values[:, start:], key_valid[:, start:]
+            if start > window:
+                # clone after a prefill: the slice would keep all its keys alive through the storage (a decode
+                # step's slice drops a single token, not worth three copies per layer and token)
+                keys, values, key_valid = keys.clone(), values.clone(), key_valid.clone()
+            self.keys, self.values, self.key_valid = keys, values, key_valid
         self.seen_tokens += new_tokens
         self.is_initialized = True
 

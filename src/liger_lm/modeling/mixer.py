@@ -41,7 +41,7 @@ class LigerAttention(nn.Module):
         self._apply_rope = adapter.apply_rope()
         self._gate = GATES[config.gate]
         # The original module, kept unregistered (its projections are the ones above, so no weight is stored twice):
-        # distillation puts it back to get the teacher (`liger_lm.train.teacher_mode`).
+        # distillation puts it back to get the teacher (`liger_lm.training.teacher_mode`).
         self.__dict__["softmax_attention"] = attention
 
     def extra_repr(self) -> str:
@@ -61,17 +61,15 @@ class LigerAttention(nn.Module):
         valid = token_validity(attention_mask, length)
         cache = liger_cache_layer(past_key_values, self.layer_idx) if past_key_values is not None else None
 
-        mixed = torch.zeros_like(q, dtype=torch.float32)
-        state = window = None
+        o_rec = o_swa = state = window = None
         if self.liger.rec_weight:
             o_rec, state = self._recurrent(q, k, v, valid, cache)
-            mixed = mixed + self.liger.rec_weight * o_rec
         if self.liger.swa_weight:
             o_swa, window = self._sliding_window(q, k, v, valid, position_embeddings, cache)
-            mixed = mixed + self.liger.swa_weight * o_swa.float()
         if cache is not None:
             cache.advance(state, *(window or (None, None, None)), new_tokens=length, window=self.liger.window)
 
+        mixed = _weighted_sum(o_rec, self.liger.rec_weight, o_swa, self.liger.swa_weight)
         out = mixed.to(hidden_states.dtype).reshape(batch, length, -1)
         return self.o_proj(out), None
 
@@ -107,6 +105,15 @@ class LigerAttention(nn.Module):
             valid = torch.cat([past_valid, valid], dim=1)
         out = sliding_window_attention(q, k, v, self.liger.window, self.scaling, key_valid=valid)
         return out, (k, v, valid)
+
+
+def _weighted_sum(o_rec, rec_weight: float, o_swa, swa_weight: float) -> torch.Tensor:
+    """α · o_rec + β · o_swa in fp32 (a branch that did not run is None), in two fused ops."""
+    if o_rec is None:
+        return o_swa.float() * swa_weight
+    if o_swa is None:
+        return o_rec * rec_weight
+    return torch.add(o_rec * rec_weight, o_swa.float(), alpha=swa_weight)
 
 
 def token_validity(attention_mask, length: int) -> torch.Tensor | None:

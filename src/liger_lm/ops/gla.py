@@ -10,8 +10,24 @@ Scale is 1 and there is no normaliser; a scalar-per-head decay is g expanded
 over K (or V) by the caller, and then both forms coincide.
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
+
+from .fla_backend import fla_gla, fla_gla_value_decay, fla_selected
+
+
+def fp32_ops(fn):
+    """Run an op with autocast off: the state and scores stay fp32 under bf16 autocast (the projections around
+    the op still get autocast's speed)."""
+
+    @functools.wraps(fn)
+    def without_autocast(q, *args, **kwargs):
+        with torch.autocast(q.device.type, enabled=False):
+            return fn(q, *args, **kwargs)
+
+    return without_autocast
 
 
 def _initial_state(q, v, initial_state):
@@ -21,6 +37,7 @@ def _initial_state(q, v, initial_state):
     return initial_state.float()
 
 
+@fp32_ops
 def naive_recurrent_gla(q, k, v, g, initial_state=None):
     """Token-by-token GLA recurrence (reference, and the decode path).
 
@@ -43,14 +60,42 @@ def naive_recurrent_gla(q, k, v, g, initial_state=None):
     return o, state
 
 
+def _single_step(q, k, v, g, initial_state, decay_on_value):
+    """One decode token in a few fused ops: S = a ⊙ S_prev + kᵀ v,  o = q S  (a = exp(g) on K or on V).
+
+    q, k: [B, 1, H, K]; v: [B, 1, H, V]; g: [B, 1, H, K] (or [B, 1, H, V] with decay_on_value).
+    Returns o [B, 1, H, V] fp32 and S [B, H, K, V] fp32.
+    """
+    state = _initial_state(q, v, initial_state)
+    decay = g[:, 0].float().exp()
+    decay = decay[..., None, :] if decay_on_value else decay[..., None]
+    state = torch.addcmul(state * decay, k[:, 0, :, :, None].float(), v[:, 0, :, None, :].float())
+    out = q[:, 0, :, None, :].float() @ state
+    return out.transpose(1, 2), state
+
+
 def _to_chunks(x, chunk_size):
-    """[B, T, H, D] -> [B, H, N, C, D], zero-padding T up to N·C."""
+    """[B, T, H, D] -> [N, B·H, C, D] contiguous fp32, zero-padding T up to N·C (one chunk = one batched matmul)."""
     x = F.pad(x.float(), (0, 0, 0, 0, 0, -x.shape[1] % chunk_size))
-    return x.unflatten(1, (-1, chunk_size)).permute(0, 3, 1, 2, 4)
+    batch, _, heads, dim = x.shape
+    return x.unflatten(1, (-1, chunk_size)).permute(1, 0, 3, 2, 4).reshape(-1, batch * heads, chunk_size, dim)
+
+
+def _from_chunks(x, batch, length):
+    """[N, B·H, C, V] -> [B, T, H, V], dropping the padding."""
+    chunks, _, chunk_size, dim = x.shape
+    x = x.view(chunks, batch, -1, chunk_size, dim).permute(1, 0, 3, 2, 4)
+    return x.reshape(batch, chunks * chunk_size, -1, dim)[:, :length]
+
+
+# Within a chunk whose cumulative log-decay stays above −MATMUL_LOG_RANGE, exp(−b) <= e^40 and exp(b) >= e^−40 are
+# comfortably inside fp32, so scores factor into one matmul: Σ_d (q_td e^{b_td}) (k_sd e^{−b_sd}). Chunks that decay
+# faster fall back to the pairwise form, whose exponents b_t − b_s are all <= 0.
+MATMUL_LOG_RANGE = 40.0
 
 
 def _causal_decay(b):
-    """exp(b_t − b_s) for s <= t and 0 for s > t: [B, H, N, C, C, D] from b [B, H, N, C, D]."""
+    """exp(b_t − b_s) for s <= t and 0 for s > t: [..., C, C, D] from b [..., C, D]."""
     chunk_size = b.shape[-2]
     causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=b.device).tril()
     # b_t − b_s <= 0 for s <= t; masking s > t to −inf before exp keeps every exponent <= 0.
@@ -58,42 +103,73 @@ def _causal_decay(b):
     return log_decay.exp()
 
 
+def _matmul_safe(b):
+    """[N, B·H] bool: chunks whose decay range allows the factored matmul form (b is non-increasing in time)."""
+    return b[..., -1, :].amin(-1) >= -MATMUL_LOG_RANGE
+
+
+def _causal(scores):
+    """Zero the s > t entries of [..., C, C] scores."""
+    chunk_size = scores.shape[-1]
+    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=scores.device).tril()
+    return scores * causal
+
+
 def _intra_chunk(q, k, v, b):
-    """Σ_{s<=t in chunk} (Σ_d q_td k_sd exp(b_td − b_sd)) v_s, all inputs [B, H, N, C, *]."""
-    scores = (q[..., :, None, :] * k[..., None, :, :] * _causal_decay(b)).sum(-1)
-    return scores @ v
+    """Σ_{s<=t in chunk} (Σ_d q_td k_sd exp(b_td − b_sd)) v_s, all inputs [N, B·H, C, *]."""
+    safe = _matmul_safe(b)
+    b_safe = torch.where(safe[..., None, None], b, 0.0)
+    scores = (q * b_safe.exp()) @ (k * (-b_safe).exp()).transpose(-1, -2)
+    if not bool(safe.all()):
+        slow = ~safe
+        pairwise = q[slow][..., :, None, :] * k[slow][..., None, :, :] * _causal_decay(b[slow])
+        scores[slow] = pairwise.sum(-1)
+    return _causal(scores) @ v
 
 
 def _intra_chunk_value_decay(q, k, v, b):
-    """Σ_{s<=t in chunk} (q_t·k_s) exp(b_t − b_s) ⊙ v_s; q, k [B, H, N, C, K], v, b [B, H, N, C, V]."""
-    scores = q @ k.transpose(-1, -2)
-    return (scores[..., None] * _causal_decay(b) * v[..., None, :, :]).sum(-2)
+    """Σ_{s<=t in chunk} (q_t·k_s) exp(b_t − b_s) ⊙ v_s; q, k [N, B·H, C, K], v, b [N, B·H, C, V]."""
+    scores = _causal(q @ k.transpose(-1, -2))
+    safe = _matmul_safe(b)
+    b_safe = torch.where(safe[..., None, None], b, 0.0)
+    out = b_safe.exp() * (scores @ (v * (-b_safe).exp()))
+    if not bool(safe.all()):
+        slow = ~safe
+        out[slow] = (scores[slow][..., None] * _causal_decay(b[slow]) * v[slow][..., None, :, :]).sum(-2)
+    return out
 
 
-def _scan_chunks(k, v, b, state):
-    """States entering each chunk [B, H, N, K, V] and the final state [B, H, K, V].
+def _scan_chunks(k, v, b, state, read):
+    """Run the chunk-to-chunk recurrence; `read(n, S_prev)` adds chunk n's inter-chunk output. Returns S_T.
 
-    Key-decay scan: b is [B, H, N, C, K]. Swapping k and v (b [B, H, N, C, V]) scans
+    Key-decay scan: k, b [N, B·H, C, K], v [N, B·H, C, V], state [B·H, K, V]. Swapping k and v (b over V) scans
     the transposed state Sᵀ of the value-decay recurrence instead.
+        S_next = diag(exp(b_last)) S_prev + Σ_s (k_s ⊙ exp(b_last − b_s))ᵀ v_s     (every exponent <= 0)
+    The states entering each chunk are never stacked: the loop reads each one as it passes.
     """
-    b_last = b[..., -1:, :]
-    # Each chunk's own contribution, decayed to its last token: exponent b_last − b_s <= 0.
-    delta = (k * (b_last - b).exp()).transpose(-1, -2) @ v
+    b_last = b[:, :, -1:, :]
+    written = (k * (b_last - b).exp()).transpose(-1, -2).contiguous()
     chunk_decay = b_last.exp().transpose(-1, -2)
-    entering = []
-    for n in range(k.shape[2]):
-        entering.append(state)
-        state = chunk_decay[:, :, n] * state + delta[:, :, n]
-    return torch.stack(entering, dim=2), state
+    for n in range(k.shape[0]):
+        read(n, state)
+        state = torch.baddbmm(chunk_decay[n] * state, written[n], v[n])
+    return state
 
 
+def _flat_state(initial_state, q, v):
+    """[B, H, K, V] -> [B·H, K, V] fp32 (zeros when None)."""
+    return _initial_state(q, v, initial_state).reshape(-1, q.shape[-1], v.shape[-1])
+
+
+@fp32_ops
 def chunk_gla(q, k, v, g, initial_state=None, chunk_size=16):
     """Chunked GLA: same result as `naive_recurrent_gla` in O(T·C·K) time and memory.
 
     S_t = diag(exp(g_t)) · S_{t-1} + k_tᵀ v_t,  o_t = q_t · S_t,  S_0 = initial_state.
     With b the inclusive cumsum of g inside a chunk and S_prev the state entering it:
         o_t = Σ_{s<=t in chunk} (Σ_d q_td k_sd exp(b_td − b_sd)) v_s + (q_t ⊙ exp(b_t)) · S_prev.
-    Every exponent is <= 0, so strong decays underflow to 0 instead of overflowing.
+    Intra-chunk scores are one matmul where the chunk's decay range allows it (`MATMUL_LOG_RANGE`), else the
+    pairwise form; no exponent is ever large and positive, so strong decays underflow to 0 instead of overflowing.
 
     Args:
         q, k, g: [B, T, H, K]; g is the log-decay (<= 0).
@@ -104,28 +180,36 @@ def chunk_gla(q, k, v, g, initial_state=None, chunk_size=16):
     Returns:
         o: [B, T, H, V] fp32, final_state S_T: [B, H, K, V] fp32.
     """
-    state = _initial_state(q, v, initial_state)
-    length = q.shape[1]
+    batch, length, heads, _ = q.shape
+    state = _flat_state(initial_state, q, v)
     # Padding with q = k = v = g = 0 neither writes nor decays the state.
     q, k, v, g = (_to_chunks(x, chunk_size) for x in (q, k, v, g))
     b = g.cumsum(-2)
-    entering, state = _scan_chunks(k, v, b, state)
-    o = _intra_chunk(q, k, v, b) + (q * b.exp()) @ entering
-    return o.permute(0, 2, 3, 1, 4).flatten(1, 2)[:, :length], state
+    out = _intra_chunk(q, k, v, b)
+    q_decayed = q * b.exp()
+    state = _scan_chunks(k, v, b, state, lambda n, s: out[n].baddbmm_(q_decayed[n], s))
+    return _from_chunks(out, batch, length), state.view(batch, heads, *state.shape[1:])
 
 
-def gla(q, k, v, g, initial_state=None, chunk_size=16):
-    """GLA dispatcher: `naive_recurrent_gla` when T < chunk_size (decode), else `chunk_gla`.
+@fp32_ops
+def gla(q, k, v, g, initial_state=None, chunk_size=16, backend=None):
+    """GLA dispatcher: fla's Triton kernels on CUDA when selected (`ops.fla_backend`), else one fused step for
+    T = 1, `naive_recurrent_gla` when T < chunk_size, `chunk_gla` otherwise.
 
     S_t = diag(exp(g_t)) · S_{t-1} + k_tᵀ v_t,  o_t = q_t · S_t,  S_0 = initial_state.
     q, k, g: [B, T, H, K]; v: [B, T, H, V]; initial_state: [B, H, K, V] or None.
     Returns o [B, T, H, V] fp32 and final_state [B, H, K, V] fp32.
     """
+    if fla_selected(q, backend):
+        return fla_gla(q, k, v, g, initial_state)
+    if q.shape[1] == 1:
+        return _single_step(q, k, v, g, initial_state, decay_on_value=False)
     if q.shape[1] < chunk_size:
         return naive_recurrent_gla(q, k, v, g, initial_state)
     return chunk_gla(q, k, v, g, initial_state, chunk_size)
 
 
+@fp32_ops
 def naive_recurrent_gla_value_decay(q, k, v, g, initial_state=None):
     """Token-by-token GLA recurrence with the decay on the value dim (reference, and the decode path).
 
@@ -148,6 +232,7 @@ def naive_recurrent_gla_value_decay(q, k, v, g, initial_state=None):
     return o, state
 
 
+@fp32_ops
 def chunk_gla_value_decay(q, k, v, g, initial_state=None, chunk_size=16):
     """Chunked value-decay GLA: same result as `naive_recurrent_gla_value_decay`
     in O(T·C·(K + V)) time and memory.
@@ -156,7 +241,7 @@ def chunk_gla_value_decay(q, k, v, g, initial_state=None, chunk_size=16):
     With b the inclusive cumsum of g inside a chunk and S_prev the state entering it:
         o_t = Σ_{s<=t in chunk} (q_t·k_s) exp(b_t − b_s) ⊙ v_s + exp(b_t) ⊙ (q_t · S_prev),
         S_next = S_prev · diag(exp(b_last)) + Σ_s k_sᵀ (v_s ⊙ exp(b_last − b_s)).
-    Every exponent is <= 0, so strong decays underflow to 0 instead of overflowing.
+    No exponent is ever large and positive, so strong decays underflow to 0 instead of overflowing.
 
     Args:
         q, k: [B, T, H, K].
@@ -167,24 +252,35 @@ def chunk_gla_value_decay(q, k, v, g, initial_state=None, chunk_size=16):
     Returns:
         o: [B, T, H, V] fp32, final_state S_T: [B, H, K, V] fp32.
     """
-    state = _initial_state(q, v, initial_state)
-    length = q.shape[1]
+    batch, length, heads, _ = q.shape
+    state = _flat_state(initial_state, q, v)
     # Padding with q = k = v = g = 0 neither writes nor decays the state.
     q, k, v, g = (_to_chunks(x, chunk_size) for x in (q, k, v, g))
     b = g.cumsum(-2)
+    out = _intra_chunk_value_decay(q, k, v, b)
+    decay = b.exp()
+
+    def read(n, state_t):  # state_t = S_prevᵀ [V, K]
+        out[n].addcmul_(decay[n], torch.bmm(q[n], state_t.transpose(-1, -2)))
+
     # Sᵀ: [V, K] follows the key-decay recurrence with k and v swapped.
-    entering, state = _scan_chunks(v, k, b, state.transpose(-1, -2))
-    o = _intra_chunk_value_decay(q, k, v, b) + b.exp() * (q @ entering.transpose(-1, -2))
-    return o.permute(0, 2, 3, 1, 4).flatten(1, 2)[:, :length], state.transpose(-1, -2).contiguous()
+    state = _scan_chunks(v, k, b, state.transpose(-1, -2), read).transpose(-1, -2)
+    return _from_chunks(out, batch, length), state.reshape(batch, heads, *state.shape[1:])
 
 
-def gla_value_decay(q, k, v, g, initial_state=None, chunk_size=16):
-    """Value-decay GLA dispatcher: the naive recurrence when T < chunk_size (decode), else the chunked form.
+@fp32_ops
+def gla_value_decay(q, k, v, g, initial_state=None, chunk_size=16, backend=None):
+    """Value-decay GLA dispatcher: fla's fused recurrent kernel on CUDA when selected (`ops.fla_backend`), else one
+    fused step for T = 1, the naive recurrence when T < chunk_size, the chunked form otherwise.
 
     S_t = S_{t-1} · diag(exp(g_t)) + k_tᵀ v_t,  o_t = q_t · S_t,  S_0 = initial_state.
     q, k: [B, T, H, K]; v, g: [B, T, H, V]; initial_state: [B, H, K, V] or None.
     Returns o [B, T, H, V] fp32 and final_state [B, H, K, V] fp32.
     """
+    if fla_selected(q, backend):
+        return fla_gla_value_decay(q, k, v, g, initial_state)
+    if q.shape[1] == 1:
+        return _single_step(q, k, v, g, initial_state, decay_on_value=True)
     if q.shape[1] < chunk_size:
         return naive_recurrent_gla_value_decay(q, k, v, g, initial_state)
     return chunk_gla_value_decay(q, k, v, g, initial_state, chunk_size)

@@ -76,6 +76,23 @@ def _blocked_attention(q, k, v, window, scale, key_valid):
     return out.flatten(1, 2)[:, :length]
 
 
+def _single_query_attention(q, k, v, scale, key_valid):
+    """Decode step: one query whose window holds every key, as one fused SDPA call (fp32); None when some row
+    has no valid key (the general path then returns 0 for it, where SDPA would give NaN).
+
+    q: [B, 1, H, D]; k, v: [B, S, Hkv, D] with S <= w; key_valid: [B, S] bool or None.
+    """
+    mask = None
+    if key_valid is not None and not bool(key_valid.all()):
+        if not bool(key_valid.any(-1).all()):
+            return None
+        mask = key_valid[:, None, None, :]
+    q_heads, k_heads, v_heads = (t.float().transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q_heads, k_heads, v_heads, attn_mask=mask, scale=scale,
+                                         enable_gqa=q.shape[2] != k.shape[2])
+    return out.transpose(1, 2).to(q.dtype)
+
+
 def sliding_window_attention(q, k, v, window, scale, key_valid=None):
     """Sliding-window attention in O(T·w) time and memory (never a [T, S] tensor).
 
@@ -91,9 +108,13 @@ def sliding_window_attention(q, k, v, window, scale, key_valid=None):
     Returns:
         [B, T, H, D] in q's dtype; queries with no allowed key give 0.
     """
+    length = q.shape[1]
+    if length == 1 and k.shape[1] <= window:
+        out = _single_query_attention(q, k, v, scale, key_valid)
+        if out is not None:
+            return out
     if key_valid is None:
         key_valid = torch.ones(k.shape[:2], dtype=torch.bool, device=k.device)
-    length = q.shape[1]
     if length <= window:
         # No query reaches further back than the last T + w − 1 keys, so this band is O(T·w).
         start = max(k.shape[1] - (length + window - 1), 0)

@@ -41,7 +41,8 @@ class TrainConfig:
     records: int | None = None  # use at most this many training records (None: all)
     eval_records: int = 64  # held-out records (never trained on) for the eval loss
     drop_long: bool = True  # drop records longer than seq_len (False: refuse them with an error)
-    eval_every: int | None = None  # optimizer steps between evaluations (None: about 10 per run)
+    prompt_loss: bool = False  # also train on prompt tokens (the paper: response only; the held-out loss always is)
+    eval_every: int | None = None  # optimizer steps between evaluations (None: 4 per run)
     save_every: int | None = None  # optimizer steps between checkpoints (None: about 10 per run)
     log_every: int = 1
     precision: str = "auto"  # "auto": bf16 where the hardware runs it fast (CUDA with bf16, CPU with AVX-512 BF16)

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
+from ..data.errors import DataError
 from ..data.instructions import load_instruction_records
 from ..data.packing import pack_records
 from .config import TrainConfig
@@ -30,11 +31,15 @@ def training_data(tokenizer: PreTrainedTokenizerBase, config: TrainConfig) -> tu
     """(train set, held-out set, stats). The first `eval_records` of the seeded shuffle are held out, never trained on."""
     records = load_instruction_records(config.data, seed=config.seed)
     held_out, rest = records[: config.eval_records], records[config.eval_records :]
+    if not rest:
+        raise DataError(f"{config.data}: all {len(records)} usable records are held out for evaluation "
+                        f"(eval_records={config.eval_records}); lower --eval-records or add data")
     if config.records is not None:
         rest = rest[: config.records]
     # Rows the budget consumes; a smaller dataset is repeated (epochs) by the Trainer.
     rows_needed = config.max_steps() * config.batch_size * config.grad_accum
-    train = pack_records(rest, tokenizer, seq_len=config.seq_len, drop_long=config.drop_long, max_rows=rows_needed)
+    train = pack_records(rest, tokenizer, seq_len=config.seq_len, drop_long=config.drop_long, max_rows=rows_needed,
+                         prompt_loss=config.prompt_loss)
     evaluation = pack_records(held_out, tokenizer, seq_len=config.seq_len, drop_long=True) if held_out else None
     stats = {"source": config.data, "train": train.stats(), "eval": evaluation.stats() if evaluation else None}
     empty = {name: values[:0] for name, values in train.tensors().items()}

@@ -70,13 +70,15 @@ def train(
     config = (config or TrainConfig()).validate()
     if not is_converted(model):
         raise TrainConfigError("the model is not converted; run liger_lm.convert(model) (or `liger convert`) first")
-    out = _prepare_out(Path(out), resume, overwrite)
     started = time.perf_counter()
     stages = lolcats_stages(config) if model.config.liger.get("method") == "lolcats" else [config]
+    # Data first: bad data fails before `out` is created (or, with overwrite, before the old run is deleted).
+    stage_data = [training_data(tokenizer, stage) for stage in stages]
+    out = _prepare_out(Path(out), resume, overwrite)
     history = []
-    for stage in stages:
+    for stage, data in zip(stages, stage_data):
         name = "transfer" if stage.objective == "attn" and not stage.use_lora else "finetune"
-        model, summary = _run_stage(model, tokenizer, stage, out, name, resume, callbacks)
+        model, summary = _run_stage(model, data, stage, out, name, resume, callbacks)
         history.append({"stage": name, **summary})
     results = _finish(model, tokenizer, stages[-1], out, base_path, history, started)
     if stages[-1].merge:
@@ -93,14 +95,15 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool) -> Path:
     return out
 
 
-def _run_stage(model, tokenizer, config: TrainConfig, out: Path, name: str, resume: bool, callbacks):
-    """Train one stage; returns the (possibly peft-wrapped) model and a summary of losses."""
+def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: bool, callbacks):
+    """Train one stage on `data` = `training_data(tokenizer, config)`; returns the (possibly peft-wrapped) model and
+    a summary of losses."""
     set_seed(config.seed)
     if name == "transfer" and (out / "transfer.safetensors").is_file():
         _load_feature_maps(model, out / "transfer.safetensors")  # stage 1 already finished in an earlier run
         return model, {"skipped": "finished in an earlier run"}
     model = _trainable(model, config)
-    train_set, eval_set, data_stats = training_data(tokenizer, config)
+    train_set, eval_set, data_stats = data
     checkpoints = out / "checkpoints" / name
     trainer = RecoveryTrainer(
         model=model,
@@ -112,15 +115,16 @@ def _run_stage(model, tokenizer, config: TrainConfig, out: Path, name: str, resu
         kd_temperature=config.kd_temperature,
     )
     start_from = last_complete_checkpoint(checkpoints) if resume else None
-    before = None
-    if start_from is None:
-        MetricsLog.truncate(out / "metrics.jsonl", name, step=0)
-        before = trainer.evaluate() if len(eval_set) else None
-    else:
-        MetricsLog.truncate(out / "metrics.jsonl", name, step=_step_of(start_from))
+    MetricsLog.truncate(out / "metrics.jsonl", name, step=_step_of(start_from) if start_from else 0)
+    if start_from is None and len(eval_set):
+        trainer.evaluate()  # the held-out loss before training, logged at step 0
+    before = MetricsLog.first_eval(out / "metrics.jsonl", name)
     _remove_incomplete(checkpoints)
     output = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
-    after = trainer.evaluate() if len(eval_set) else None
+    after = MetricsLog.last_eval(out / "metrics.jsonl", name)
+    if len(eval_set) and (after is None or after["step"] != trainer.state.global_step):
+        trainer.evaluate()  # unless the schedule just evaluated at the last step
+        after = MetricsLog.last_eval(out / "metrics.jsonl", name)
     if name == "transfer":
         _save_feature_maps(model, out / "transfer.safetensors")
     return model, {
@@ -158,7 +162,6 @@ def _trainable(model: nn.Module, config: TrainConfig) -> nn.Module:
 
 def _training_arguments(config: TrainConfig, checkpoints: Path, has_eval: bool) -> TrainingArguments:
     steps = config.max_steps()
-    every = max(1, steps // 10)
     return TrainingArguments(
         output_dir=str(checkpoints),
         max_steps=steps,
@@ -173,9 +176,9 @@ def _training_arguments(config: TrainConfig, checkpoints: Path, has_eval: bool) 
         optim="adamw_torch",
         bf16=use_bf16(config.precision),
         eval_strategy="steps" if has_eval else "no",
-        eval_steps=config.eval_every or every,
+        eval_steps=config.eval_every or max(1, steps // 4),
         save_strategy="steps",
-        save_steps=config.save_every or every,
+        save_steps=config.save_every or max(1, steps // 10),
         save_total_limit=2,
         logging_steps=config.log_every,
         include_num_input_tokens_seen="non_padding",
@@ -257,14 +260,37 @@ class MetricsLog(TrainerCallback):
             handle.write(json.dumps(record) + "\n")
 
     @staticmethod
+    def evaluations(path: Path, stage: str) -> list[dict]:
+        """The logged evaluations of `stage`, in order (the first is the one before training, also after a resume)."""
+        lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+        return [r for r in map(json.loads, lines) if r.get("stage") == stage and "eval_loss" in r]
+
+    @classmethod
+    def first_eval(cls, path: Path, stage: str) -> dict | None:
+        return next(iter(cls.evaluations(path, stage)), None)
+
+    @classmethod
+    def last_eval(cls, path: Path, stage: str) -> dict | None:
+        return next(reversed(cls.evaluations(path, stage)), None)
+
+    @staticmethod
     def truncate(path: Path, stage: str, step: int) -> None:
         """Drop this stage's lines after `step` (all of them for a fresh start): a resumed run logs them again."""
         if not path.is_file():
             return
         lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        kept = [line for line in lines if not _logged_after(json.loads(line), stage, step)]
+        records = [(line, _parsed(line)) for line in lines]
+        kept = [line for line, record in records if record is not None and not _logged_after(record, stage, step)]
         if len(kept) != len(lines):
             write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def _parsed(line: str) -> dict | None:
+    """The JSON object of a log line; None for a line cut short by a killed run (dropped on resume)."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
 
 
 def _logged_after(record: dict, stage: str, step: int) -> bool:

@@ -1,0 +1,150 @@
+"""Timing and memory measurement: warm-up, repeats with the median, CUDA synchronisation, peak memory."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+RSS_SAMPLE_SECONDS = 0.005
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels so wall time covers the work (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
+    """(seconds, result) of one synchronised call."""
+    synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def repeat_median(fn: Callable[[], object], device: torch.device, repeats: int, max_seconds: float) -> dict:
+    """Median over up to `repeats` timed calls after one warm-up call; stops early once `max_seconds` are spent.
+
+    A warm-up call longer than `max_seconds` is kept as the only measurement (long inputs: kernels are already
+    warm from shorter ones), so one slow configuration cannot take the whole budget.
+    """
+    first, _ = timed(fn, device)
+    if first > max_seconds:
+        return {"median_s": first, "runs": 1, "times_s": [first], "warmup_counted": True}
+    times: list[float] = []
+    spent = first
+    while len(times) < repeats and (not times or spent < max_seconds):
+        seconds, _ = timed(fn, device)
+        times.append(seconds)
+        spent += seconds
+    return {"median_s": statistics.median(times), "runs": len(times), "times_s": times, "warmup_counted": False}
+
+
+def _rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+@dataclass
+class PeakMemory:
+    """Peak memory during a `with` block.
+
+    CUDA: `torch.cuda.max_memory_allocated` (tensors only). CPU: the process resident set size sampled every
+    5 ms by a thread, reported as the peak and as the increase over the value at entry (weights and anything
+    allocated before the block are in the peak, not in the increase; freed memory may stay resident).
+    """
+
+    device: torch.device
+    peak_bytes: int = 0
+    increase_bytes: int = 0
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            return self
+        self._start = _rss_bytes()
+        self._peak = self._start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(RSS_SAMPLE_SECONDS):
+            self._peak = max(self._peak, _rss_bytes())
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_bytes = max(self._peak, _rss_bytes())
+        self.increase_bytes = max(self.peak_bytes - self._start, 0)
+
+    def as_dict(self) -> dict:
+        kind = "cuda_max_memory_allocated" if self.device.type == "cuda" else "process_rss_sampled_5ms"
+        return {"kind": kind, "peak_mb": _mb(self.peak_bytes), "increase_mb": _mb(self.increase_bytes)}
+
+
+def _mb(n: int) -> float:
+    return round(n / 2**20, 2)
+
+
+def memory_note(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "peak_mb = torch.cuda.max_memory_allocated during the measurement (tensors only)"
+    return (
+        "peak_mb = process resident set size (RSS) sampled every 5 ms during the measurement, weights included; "
+        "increase_mb = peak minus RSS at its start; cache_mb = exact bytes of the KV cache / Liger state"
+    )
+
+
+def environment(device: torch.device) -> dict:
+    """Machine and library versions, for the JSON."""
+    import transformers
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+        "processor": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    from ..ops.fla_backend import fla_available, fla_version, get_backend
+
+    info["fla_core"] = fla_version()
+    info["gla_backend"] = get_backend() + (" (fla kernels on CUDA)" if fla_available() else " (pure PyTorch)")
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()

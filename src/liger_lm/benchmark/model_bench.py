@@ -1,0 +1,230 @@
+"""Model level: base model vs its Liger conversion — prefill tok/s, decode tok/s and memory per length and batch.
+
+Protocol (also written into the JSON):
+  * prefill: one forward over [B, L] random token ids with the cache on (logits of the last token only);
+    measured where B·L <= `prefill_token_cap`;
+  * decode: `decode_tokens` single-token steps, the median step time gives tok/s = B / step;
+    - after the real prefill of the same (B, L) wherever that prefill was measured (always at batch 1);
+    - otherwise, base model: a DynamicCache of L random keys/values per layer (decode cost depends only on the
+      cache length); Liger model: the state after a real prefill of `short_prefill` tokens (its size does not
+      depend on length), so the step costs exactly what it costs at L.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from transformers import DynamicCache
+
+from ..config import LigerConfig
+from .measure import PeakMemory, repeat_median, timed
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+WARMUP_TOKENS = 64
+
+
+@dataclass
+class ModelBenchSettings:
+    lengths: list[int]
+    batches: list[int]
+    dtypes: list[str]
+    decode_tokens: int = 16
+    repeats: int = 5
+    max_seconds: float = 20.0
+    short_prefill: int = 256
+    prefill_token_cap: int = 16384
+    forward_length: int = 2048
+
+
+def cache_bytes(cache) -> int:
+    """Exact bytes held by a transformers Cache (KV layers or Liger layers)."""
+    total = 0
+    for layer in cache.layers:
+        if hasattr(layer, "memory_bytes"):
+            total += layer.memory_bytes()
+        else:
+            total += sum(t.numel() * t.element_size() for t in (layer.keys, layer.values) if isinstance(t, torch.Tensor))
+    return total
+
+
+def random_kv_cache(model, batch: int, length: int) -> DynamicCache:
+    """A DynamicCache holding `length` random keys/values per layer, [B, H_kv, L, D] in the model's dtype."""
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    shape = (batch, config.num_key_value_heads, length, head_dim)
+    param = next(model.parameters())
+    cache = DynamicCache(config=config)
+    generator = torch.Generator(device=param.device).manual_seed(0)
+    for layer in range(config.num_hidden_layers):
+        keys, values = (torch.randn(shape, generator=generator, dtype=param.dtype, device=param.device) for _ in "kv")
+        cache.update(keys, values, layer)
+    return cache
+
+
+def _token_ids(model, batch: int, length: int) -> torch.Tensor:
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(length * 31 + batch)
+    return torch.randint(3, model.config.vocab_size, (batch, length), generator=generator).to(device)
+
+
+def _prefill(model, ids: torch.Tensor):
+    """Forward over ids with a fresh cache; returns the filled cache."""
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return cache
+
+
+def _decode_steps(model, cache, batch: int, steps: int, device: torch.device) -> list[float]:
+    """Seconds of each of `steps` single-token forwards (greedy next token) continuing `cache`."""
+    token = _token_ids(model, batch, 1)
+    times = []
+    for _ in range(steps):
+        seconds, out = timed(lambda: model(input_ids=token, past_key_values=cache, use_cache=True), device)
+        token = out.logits[:, -1:].argmax(-1)
+        times.append(seconds)
+    return times
+
+
+def measure_decode(model, cache, batch: int, settings: ModelBenchSettings, device: torch.device, context: str) -> dict:
+    """Decode speed and memory continuing `cache`; the first step is a warm-up and is not counted."""
+    with PeakMemory(device) as memory:
+        times = _decode_steps(model, cache, batch, settings.decode_tokens + 1, device)[1:]
+    step = sorted(times)[len(times) // 2]
+    return {
+        "tokens_per_s": round(batch / step, 3),
+        "step_ms": round(step * 1e3, 3),
+        "steps": len(times),
+        "context": context,
+        "cache_mb": round(cache_bytes(cache) / 2**20, 3),
+        "memory": memory.as_dict(),
+    }
+
+
+def measure_prefill(model, batch: int, length: int, settings: ModelBenchSettings, device: torch.device):
+    """(prefill result dict, the cache of the last run)."""
+    ids = _token_ids(model, batch, length)
+    caches = []
+
+    def run():
+        caches[:] = [_prefill(model, ids)]
+
+    with PeakMemory(device) as memory:
+        timing = repeat_median(run, device, settings.repeats, settings.max_seconds)
+    result = {
+        "tokens_per_s": round(batch * length / timing["median_s"], 2),
+        "seconds": round(timing["median_s"], 4),
+        "runs": timing["runs"],
+        "memory": memory.as_dict(),
+    }
+    return result, caches[0]
+
+
+def _row(model, kind: str, dtype: str, batch: int, length: int, settings: ModelBenchSettings, device, log) -> dict:
+    row = {"model": kind, "dtype": dtype, "batch": batch, "length": length, "prefill": None}
+    with torch.no_grad():
+        if batch * length <= settings.prefill_token_cap:
+            row["prefill"], cache = measure_prefill(model, batch, length, settings, device)
+            context = f"after a real prefill of {length} tokens"
+        elif kind == "base":
+            cache = random_kv_cache(model, batch, length)
+            context = f"KV cache of {length} random keys/values per layer (decode cost depends only on its length)"
+        else:
+            short = min(settings.short_prefill, length)
+            cache = _prefill(model, _token_ids(model, batch, short))
+            context = f"state of a real {short}-token prefill (Liger state size does not depend on length)"
+        row["decode"] = measure_decode(model, cache, batch, settings, device, context)
+    del cache
+    prefill = row["prefill"]["tokens_per_s"] if row["prefill"] else "-"
+    log(f"{kind} {dtype} B={batch} L={length}: prefill {prefill} tok/s, decode {row['decode']['tokens_per_s']} tok/s")
+    return row
+
+
+def _warm_up(model, device) -> None:
+    with torch.no_grad():
+        cache = _prefill(model, _token_ids(model, 1, WARMUP_TOKENS))
+        _decode_steps(model, cache, 1, 3, device)
+
+
+def _fits_in_memory(model, batch: int, length: int) -> bool:
+    """False where a base KV cache of this size would not fit in 80 % of the free memory (a DynamicCache step
+    copies one layer at a time, so the peak is the cache plus one layer)."""
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    element = next(model.parameters()).element_size()
+    needed = 2 * config.num_hidden_layers * batch * config.num_key_value_heads * length * head_dim * element
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = _available_memory()
+    return needed < 0.8 * free if free else True
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def forward_throughput(model, length: int, device, settings: ModelBenchSettings, autocast: bool) -> dict:
+    """Training-style forward (no cache) tok/s at [1, length], fp32 weights, optionally under bf16 autocast."""
+    ids = _token_ids(model, 1, length)
+    context = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else nullcontext()
+
+    def run():
+        with context:
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
+
+    with torch.no_grad():
+        timing = repeat_median(run, device, settings.repeats, settings.max_seconds)
+    return {"tokens_per_s": round(length / timing["median_s"], 2), "seconds": round(timing["median_s"], 4),
+            "runs": timing["runs"]}
+
+
+def run_model_benchmark(model, liger: LigerConfig, settings: ModelBenchSettings, device, log: Callable) -> dict:
+    """Benchmark `model` (moved to `device`) and its Liger conversion; returns rows, throughput, skipped."""
+    from ..convert import convert
+
+    base = model.to(device).eval()
+    converted = convert(copy.deepcopy(base), liger).eval()
+    models = {"base": base, "liger": converted}
+    parameters = sum(p.numel() for p in base.parameters())
+    rows, skipped = [], []
+    throughput = _throughput_section(models, device, settings, log)
+    for dtype in settings.dtypes:
+        for kind, net in models.items():
+            net.to(DTYPES[dtype])
+            _warm_up(net, device)
+            for batch in settings.batches:
+                for length in settings.lengths:
+                    if kind == "base" and batch * length > settings.prefill_token_cap and not _fits_in_memory(net, batch, length):
+                        skipped.append({"model": kind, "dtype": dtype, "batch": batch, "length": length,
+                                        "reason": "KV cache does not fit in 80 % of the free memory"})
+                        log(f"skipped {kind} {dtype} B={batch} L={length}: KV cache too large for free memory")
+                        continue
+                    rows.append(_row(net, kind, dtype, batch, length, settings, device, log))
+    return {"rows": rows, "skipped": skipped, "throughput": throughput,
+            "weights_mb": {dtype: round(parameters * DTYPES[dtype].itemsize / 2**20, 3) for dtype in settings.dtypes}}
+
+
+def _throughput_section(models: dict, device, settings: ModelBenchSettings, log) -> dict:
+    """Forward tok/s at `forward_length` for both models, fp32 and fp32 + bf16 autocast (weights stay fp32)."""
+    section = {"length": settings.forward_length, "batch": 1}
+    for kind, net in models.items():
+        net.to(torch.float32)
+        with torch.no_grad():
+            net(input_ids=_token_ids(net, 1, WARMUP_TOKENS), use_cache=False)
+        for autocast in (False, True):
+            name = f"{kind}_{'bf16_autocast' if autocast else 'fp32'}"
+            section[name] = forward_throughput(net, settings.forward_length, device, settings, autocast)
+            log(f"forward T={settings.forward_length} {name}: {section[name]['tokens_per_s']} tok/s")
+    return section
