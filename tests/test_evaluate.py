@@ -163,7 +163,9 @@ def test_multiple_choice_matches_a_hand_computed_comparison(seed):
     model, tokenizer = tiny_model("llama", seed=seed), tiny_tokenizer()
     scores = score_multiple_choice(model, tokenizer, EXAMPLES, batch_size=5, progress=False)
     acc, acc_norm = reference_accuracies(model, tokenizer, EXAMPLES)
-    assert scores == {"acc": pytest.approx(acc), "acc_norm": pytest.approx(acc_norm), "n": len(EXAMPLES)}
+    chance = sum(1 / len(example.choices) for example in EXAMPLES) / len(EXAMPLES)
+    assert scores == {"acc": pytest.approx(acc), "acc_norm": pytest.approx(acc_norm), "n": len(EXAMPLES),
+                      "chance": pytest.approx(chance)}
 
 
 def test_multiple_choice_refuses_empty_input():
@@ -337,7 +339,7 @@ def test_task_specs(fake_tasks):
             parse_task_spec(bad)
 
 
-BASE = {"a": {"acc": 0.5, "acc_norm": 0.60, "n": 10}, "b": {"acc": 0.4, "acc_norm": 0.40, "n": 10},
+BASE = {"a": {"acc": 0.5, "acc_norm": 0.60, "n": 10, "chance": 0.5}, "b": {"acc": 0.4, "acc_norm": 0.40, "n": 10, "chance": 0.25},
         "only_base": {"acc": 0.1, "acc_norm": 0.1, "n": 10}}
 CONVERTED = {"a": {"acc": 0.5, "acc_norm": 0.45, "n": 10}, "b": {"acc": 0.2, "acc_norm": 0.44, "n": 10}}
 
@@ -358,11 +360,11 @@ def test_recovery_per_task_and_average():
 def test_recovery_markdown_table():
     table = recovery_table_markdown(BASE, CONVERTED, base_name="SmolLM2", converted_name="Liger-GLA")
     lines = table.strip().splitlines()
-    assert lines[0] == "| task (acc_norm) | SmolLM2 | Liger-GLA | recovery % |"
+    assert lines[0] == "| task (acc_norm) | chance | SmolLM2 | Liger-GLA | recovery % |"
     assert lines[2:] == [
-        "| a | 60.0 | 45.0 | 75.0 |",
-        "| b | 40.0 | 44.0 | 110.0 |",
-        "| **average** | 50.0 | 44.5 | 89.0 |",
+        "| a | 50.0 | 60.0 | 45.0 | 75.0 |",
+        "| b | 25.0 | 40.0 | 44.0 | 110.0 |",
+        "| **average** | 37.5 | 50.0 | 44.5 | 89.0 |",
     ]
 
 

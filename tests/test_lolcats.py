@@ -3,7 +3,6 @@ against the unmodified transformers model, token-by-token decode, rows run alone
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest

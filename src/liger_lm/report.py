@@ -13,6 +13,10 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
+def _chance(scores: dict) -> str:
+    return "n/a" if scores.get("chance") is None else f"{100 * scores['chance']:.1f}"
+
+
 def recovery_table_markdown(
     base_scores: dict[str, dict[str, float]],
     converted_scores: dict[str, dict[str, float]],
@@ -20,22 +24,25 @@ def recovery_table_markdown(
     base_name: str = "base",
     converted_name: str = "converted",
 ) -> str:
-    """| task | base | converted | recovery % | rows for the tasks both share, scores ×100, then an average row.
+    """| task | chance | base | converted | recovery % | rows for the tasks both share, scores ×100, then an average.
 
     Recovery is 100·converted/base per task; the average row is the mean score of each model and their ratio
     (see `liger_lm.evaluate.recovery`).
     """
     summary = recovery(base_scores, converted_scores, metric)
     lines = [
-        f"| task ({metric}) | {base_name} | {converted_name} | recovery % |",
-        "|---|---:|---:|---:|",
+        f"| task ({metric}) | chance | {base_name} | {converted_name} | recovery % |",
+        "|---|---:|---:|---:|---:|",
     ]
     for task, ratio in summary["tasks"].items():
         base, converted = base_scores[task][metric], converted_scores[task][metric]
-        lines.append(f"| {task} | {100 * base:.1f} | {100 * converted:.1f} | {_percent(ratio)} |")
+        lines.append(f"| {task} | {_chance(base_scores[task])} | {100 * base:.1f} | {100 * converted:.1f} "
+                     f"| {_percent(ratio)} |")
+    chances = [base_scores[task].get("chance") for task in summary["tasks"]]
+    mean_chance = sum(chances) / len(chances) if None not in chances else None
     lines.append(
-        f"| **average** | {100 * summary['base_average']:.1f} | {100 * summary['converted_average']:.1f} "
-        f"| {_percent(summary['average'])} |"
+        f"| **average** | {_chance({'chance': mean_chance})} | {100 * summary['base_average']:.1f} "
+        f"| {100 * summary['converted_average']:.1f} | {_percent(summary['average'])} |"
     )
     return "\n".join(lines) + "\n"
 

@@ -65,7 +65,7 @@ class Budget:
 # (20 M tokens of 8 × 1024, answers only); "tiny" is a smoke test.
 BUDGETS = {
     "tiny": Budget(train_tokens=512, seq_len=64, grad_accum=2, eval_records=4, eval_examples=8),
-    "default": Budget(train_tokens=65_536, seq_len=512, grad_accum=8, eval_records=16, eval_examples=None,
+    "default": Budget(train_tokens=65_536, seq_len=512, grad_accum=4, eval_records=16, eval_examples=60,
                       prompt_loss=True),
     "paper": Budget(train_tokens=20_000_000, seq_len=1024, grad_accum=8, eval_records=256, eval_examples=None),
 }
@@ -197,8 +197,9 @@ class _Steps:
     def _convert_once(self) -> None:
         folder = self.out / "model"
         if not (folder / "config.json").is_file():
+            base = self.base()
             self.log("converting (Liger) …")
-            liger = self._timed("convert", lambda: convert(copy.deepcopy(self.base()), self.options.liger))
+            liger = self._timed("convert", lambda: convert(copy.deepcopy(base), self.options.liger))
             with atomic_directory(folder, overwrite=True) as staging:
                 liger.save_pretrained(staging)
                 self.tokenizer().save_pretrained(staging)

@@ -50,7 +50,8 @@ def model_summary(results: dict) -> dict:
         summary["forward"] = {
             "liger_fp32_over_base_fp32": _ratio(forward["liger_fp32"]["tokens_per_s"], forward["base_fp32"]["tokens_per_s"]),
             "liger_bf16_autocast_over_liger_fp32": _ratio(forward["liger_bf16_autocast"]["tokens_per_s"],
-                                                          forward["liger_fp32"]["tokens_per_s"]),
+                                                          forward["liger_fp32"]["tokens_per_s"])
+            if "liger_bf16_autocast" in forward else None,  # bf16 not measured (no native bf16 here)
             "length": forward["length"],
         }
     return summary

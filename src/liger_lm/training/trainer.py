@@ -27,6 +27,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from ..convert import is_converted
+from ..hardware import fast_bf16
 from ..io import OutputExistsError, atomic_directory, write_json_atomic, write_text_atomic
 from .config import TrainConfig, TrainConfigError, lolcats_stages
 from .data import training_data
@@ -96,8 +97,7 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool) -> Path:
 
 
 def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: bool, callbacks):
-    """Train one stage on `data` = `training_data(tokenizer, config)`; returns the (possibly peft-wrapped) model and
-    a summary of losses."""
+    """Train one stage on `data` (from `training_data`); returns the (maybe peft-wrapped) model and a loss summary."""
     set_seed(config.seed)
     if name == "transfer" and (out / "transfer.safetensors").is_file():
         _load_feature_maps(model, out / "transfer.safetensors")  # stage 1 already finished in an earlier run
@@ -194,16 +194,10 @@ def _training_arguments(config: TrainConfig, checkpoints: Path, has_eval: bool) 
 
 
 def use_bf16(precision: str) -> bool:
-    """bf16 autocast only where it is fast: CUDA GPUs with bf16, CPUs with AVX-512 BF16 / AMX (emulated otherwise)."""
+    """bf16 autocast for "bf16", and for "auto" where the hardware runs it natively (`hardware.fast_bf16`)."""
     if precision != "auto":
         return precision == "bf16"
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return fast_bf16("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class RecoveryTrainer(Trainer):
