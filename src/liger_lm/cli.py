@@ -135,6 +135,7 @@ def train(
     eval_records: Annotated[int, typer.Option("--eval-records", min=0, help="Held-out records for the eval loss.")] = 64,
     save_every: Annotated[int | None, typer.Option("--save-every", min=1, help="Checkpoint every N steps (default: 10 per run).")] = None,
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where fast), fp32 or bf16.")] = "auto",
+    prompt_loss: Annotated[bool, typer.Option("--prompt-loss", help="Also train on prompt tokens (the paper: answers only).")] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the last complete checkpoint in --out.")] = False,
     merge: Annotated[bool, typer.Option("--merge", help="Also write merged standalone weights to --out/merged.")] = False,
@@ -149,7 +150,7 @@ def train(
         data=data, max_tokens=_count(max_tokens, "--max-tokens"), objective=objective, seq_len=seq_len,
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
         lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()), eval_records=eval_records,
-        save_every=save_every, precision=precision, seed=seed, merge=merge,
+        save_every=save_every, precision=precision, seed=seed, merge=merge, prompt_loss=prompt_loss,
     ).validate()
     if out.exists() and not (resume or overwrite):
         _fail(f"{out} already exists; pass --resume to continue it or --overwrite to start over")
