@@ -1,0 +1,49 @@
+"""Where a Liger decode step spends its time (README, Speed and memory): ms per token and the top ops.
+
+Usage: python scripts/profile_decode.py [--lengths 1024,8192] [--steps 10]
+Default model converted with the paper's settings, batch 1, fp32; each length is a real prefill, then timed
+single-token steps; the torch.profiler table is for 3 steps at the last length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from transformers import DynamicCache
+
+import liger_lm
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", default="1024,8192")
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    model, _ = liger_lm.load_default_model()
+    liger_lm.convert(model)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    step = torch.tensor([[5]])
+    for length in (int(n) for n in args.lengths.split(",")):
+        cache = DynamicCache(config=model.config)
+        model(torch.randint(3, 40000, (1, length), generator=torch.Generator().manual_seed(0)),
+              past_key_values=cache, use_cache=True)
+        for _ in range(3):
+            model(step, past_key_values=cache, use_cache=True)
+        started = time.perf_counter()
+        for _ in range(args.steps):
+            model(step, past_key_values=cache, use_cache=True)
+        seconds = (time.perf_counter() - started) / args.steps
+        print(f"context {length}: {1e3 * seconds:.1f} ms/token, {1 / seconds:.2f} tok/s, "
+              f"weights read at {weight_bytes / seconds / 1e9:.2f} GB/s")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            model(step, past_key_values=cache, use_cache=True)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+if __name__ == "__main__":
+    main()
