@@ -1,7 +1,9 @@
-"""Facts about the machine that change defaults."""
+"""Facts about the machine: what changes defaults (native bf16), and what results record (versions, CPU)."""
 
 from __future__ import annotations
 
+import os
+import platform
 from pathlib import Path
 
 import torch
@@ -20,3 +22,38 @@ def fast_bf16(device: str | torch.device = "cpu") -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def environment(device: torch.device) -> dict:
+    """Machine and library versions, for benchmark and run JSON files."""
+    import transformers
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+        "processor": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    from .ops.fla_backend import fla_available, fla_version, get_backend
+
+    info["fla_core"] = fla_version()
+    info["gla_backend"] = get_backend() + (" (fla kernels on CUDA)" if fla_available() else " (pure PyTorch)")
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()

@@ -16,7 +16,6 @@ import copy
 import gc
 import json
 import logging
-import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,9 @@ from .config import LigerConfig
 from .convert import convert
 from .evaluate import evaluate_suite, recovery, sample_text, text_perplexity
 from .generation import generate_text
+from .hardware import environment
 from .io import OutputExistsError, atomic_directory, write_json_atomic, write_text_atomic
+from .modeling.cache import cache_bytes
 from .models import DEFAULT_MODEL_NOTE, load_model
 from .report import plot_recovery, recovery_table_markdown
 from .training import TrainConfig, train
@@ -114,7 +115,7 @@ def main_job(options: RunOptions, log: Callable[[str], None] = logging.getLogger
         "model_note": DEFAULT_MODEL_NOTE if options.model == "default" else "",
         "liger": options.liger.to_dict(),
         "budget": {"name": options.budget, **asdict(BUDGETS[options.budget])},
-        "machine": _machine(),
+        "machine": environment(torch.device("cpu")),
     }
     results["conversion"] = steps.convert()
     results["training"] = steps.train()
@@ -264,7 +265,7 @@ class _Steps:
             for name, model in (("base", self.base()), ("liger", self.trained())):
                 cache = DynamicCache(config=model.config)
                 model(ids.to(model.device), past_key_values=cache, use_cache=True)
-                sizes[name][length] = sum(_layer_bytes(layer) for layer in cache.layers)
+                sizes[name][length] = cache_bytes(cache)
         return sizes
 
     def _timed(self, name: str, work: Callable[[], Any]) -> Any:
@@ -273,20 +274,6 @@ class _Steps:
         self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - started, 1)
         gc.collect()
         return value
-
-
-def _layer_bytes(layer) -> int:
-    if hasattr(layer, "memory_bytes"):
-        return layer.memory_bytes()
-    return sum(t.numel() * t.element_size() for t in (layer.keys, layer.values) if t is not None)
-
-
-def _machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
 
 
 def render_report(results: dict[str, Any]) -> str:

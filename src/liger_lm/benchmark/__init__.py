@@ -17,7 +17,8 @@ from typing import Callable
 import torch
 
 from ..config import LigerConfig
-from .measure import environment, memory_note
+from ..hardware import environment
+from .measure import memory_note
 from .model_bench import DTYPES, ModelBenchSettings, run_model_benchmark
 from .model_bench import __doc__ as MODEL_PROTOCOL
 from .ops_bench import OpsBenchSettings, run_ops_benchmark

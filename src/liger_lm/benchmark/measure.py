@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import threading
 import time
@@ -113,38 +112,3 @@ def memory_note(device: torch.device) -> str:
         "peak_mb = process resident set size (RSS) sampled every 5 ms during the measurement, weights included; "
         "increase_mb = peak minus RSS at its start; cache_mb = exact bytes of the KV cache / Liger state"
     )
-
-
-def environment(device: torch.device) -> dict:
-    """Machine and library versions, for the JSON."""
-    import transformers
-
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "platform": platform.platform(),
-        "processor": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    from ..ops.fla_backend import fla_available, fla_version, get_backend
-
-    info["fla_core"] = fla_version()
-    info["gla_backend"] = get_backend() + (" (fla kernels on CUDA)" if fla_available() else " (pure PyTorch)")
-    return info
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()

@@ -21,6 +21,7 @@ import torch
 from transformers import DynamicCache
 
 from ..config import LigerConfig
+from ..modeling.cache import cache_bytes
 from .measure import PeakMemory, repeat_median, timed
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -32,23 +33,12 @@ class ModelBenchSettings:
     lengths: list[int]
     batches: list[int]
     dtypes: list[str]
-    decode_tokens: int = 16
-    repeats: int = 5
-    max_seconds: float = 20.0
-    short_prefill: int = 256
-    prefill_token_cap: int = 16384
-    forward_length: int = 2048
-
-
-def cache_bytes(cache) -> int:
-    """Exact bytes held by a transformers Cache (KV layers or Liger layers)."""
-    total = 0
-    for layer in cache.layers:
-        if hasattr(layer, "memory_bytes"):
-            total += layer.memory_bytes()
-        else:
-            total += sum(t.numel() * t.element_size() for t in (layer.keys, layer.values) if isinstance(t, torch.Tensor))
-    return total
+    decode_tokens: int  # defaults live in BenchOptions, the one place a run is configured
+    repeats: int
+    max_seconds: float
+    short_prefill: int
+    prefill_token_cap: int
+    forward_length: int
 
 
 def random_kv_cache(model, batch: int, length: int) -> DynamicCache:

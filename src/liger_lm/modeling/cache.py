@@ -129,3 +129,14 @@ def liger_cache_layer(cache: Cache, layer_idx: int) -> LigerCacheLayer:
         )
     cache.layers[layer_idx] = LigerCacheLayer()
     return cache.layers[layer_idx]
+
+
+def cache_bytes(cache) -> int:
+    """Exact bytes held by a transformers Cache (KV layers or Liger layers)."""
+    total = 0
+    for layer in cache.layers:
+        if hasattr(layer, "memory_bytes"):
+            total += layer.memory_bytes()
+        else:
+            total += sum(t.numel() * t.element_size() for t in (layer.keys, layer.values) if isinstance(t, torch.Tensor))
+    return total
