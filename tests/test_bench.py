@@ -105,6 +105,11 @@ def test_model_benchmark_end_to_end(tmp_path):
     assert summary["liger_over_base_decode"]["batch2_len40"] == pytest.approx(ratio, rel=1e-2)
     assert set(saved["throughput"]) >= {"base_fp32", "liger_fp32", "base_bf16_autocast", "liger_bf16_autocast"}
     assert saved["weights_mb"]["bf16"] == pytest.approx(saved["weights_mb"]["fp32"] / 2, abs=1e-3)
+    interleaved = summary["liger_decode_b1_interleaved"]
+    assert interleaved == saved["liger_b1_decode_interleaved"]["fp32"] and interleaved["steps"] == options.decode_tokens
+    speeds = interleaved["tokens_per_s"]
+    assert set(speeds) == {"16", "40"} and min(speeds.values()) > 0
+    assert interleaved["speed_40_over_16"] == pytest.approx(speeds["40"] / speeds["16"], rel=1e-2)
     assert "random" in saved["protocol"] and saved["environment"]["device"] == "cpu"
 
 

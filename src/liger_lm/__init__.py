@@ -6,6 +6,7 @@ from .modeling.adapters import UnsupportedModelError
 from .modeling.cache import LigerCacheLayer
 from .modeling.gates import GATES
 from .modeling.hf import register_auto_classes
+from .modeling.layout import decode_layout
 from .modeling.mixer import LigerAttention
 from . import evaluate
 from .models import DEFAULT_MODEL_NOTE, load_default_model, load_model
@@ -23,6 +24,7 @@ __all__ = [
     "LigerConfigError",
     "UnsupportedModelError",
     "convert",
+    "decode_layout",
     "evaluate",
     "is_converted",
     "load_default_model",

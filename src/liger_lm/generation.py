@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .modeling.layout import decode_layout
+
 
 class PromptTooLongError(ValueError):
     """The prompt plus the requested new tokens exceed what the model allows."""
@@ -41,8 +43,9 @@ def generate_text(
         )
     torch.manual_seed(seed)
     options = dict(do_sample=True, temperature=temperature, top_p=top_p) if sample else dict(do_sample=False)
-    output = model.generate(
-        **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **options
-    )
+    with decode_layout(model):
+        output = model.generate(
+            **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **options
+        )
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
     return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]

@@ -7,7 +7,11 @@ Protocol (also written into the JSON):
     - after the real prefill of the same (B, L) wherever that prefill was measured (always at batch 1);
     - otherwise, base model: a DynamicCache of L random keys/values per layer (decode cost depends only on the
       cache length); Liger model: the state after a real prefill of `short_prefill` tokens (its size does not
-      depend on length), so the step costs exactly what it costs at L.
+      depend on length), so the step costs exactly what it costs at L;
+  * decode rows of both models run inside `decode_layout` (wide weights column-major on CPU, see
+    `modeling.layout`);
+  * Liger flatness: the batch-1 caches of every length (after their real prefill) then decode one step each in
+    turn, `decode_tokens` rounds, so that drift of a shared machine hits every length alike.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from transformers import DynamicCache
 
 from ..config import LigerConfig
 from ..modeling.cache import cache_bytes
+from ..modeling.layout import decode_layout
 from .measure import PeakMemory, repeat_median, timed
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -73,10 +78,30 @@ def _decode_steps(model, cache, batch: int, steps: int, device: torch.device) ->
     token = _token_ids(model, batch, 1)
     times = []
     for _ in range(steps):
-        seconds, out = timed(lambda: model(input_ids=token, past_key_values=cache, use_cache=True), device)
-        token = out.logits[:, -1:].argmax(-1)
+        seconds, token = _decode_step(model, cache, token, device)
         times.append(seconds)
     return times
+
+
+def _decode_step(model, cache, token: torch.Tensor, device: torch.device) -> tuple[float, torch.Tensor]:
+    """(seconds, greedy next token) of one single-token forward continuing `cache`."""
+    seconds, out = timed(lambda: model(input_ids=token, past_key_values=cache, use_cache=True), device)
+    return seconds, out.logits[:, -1:].argmax(-1)
+
+
+def interleaved_decode(model, caches: dict[int, object], steps: int, device: torch.device) -> dict:
+    """Batch-1 decode tok/s per context length, one step per length in turn for `steps` rounds (plus a warm-up
+    round); returns tok/s per length and the longest over the shortest."""
+    tokens = {length: _token_ids(model, 1, 1) for length in caches}
+    times: dict[int, list[float]] = {length: [] for length in caches}
+    for _ in range(steps + 1):
+        for length, cache in caches.items():
+            seconds, tokens[length] = _decode_step(model, cache, tokens[length], device)
+            times[length].append(seconds)
+    speeds = {length: round(1 / sorted(t[1:])[len(t[1:]) // 2], 3) for length, t in times.items()}
+    short, long = min(speeds), max(speeds)
+    return {"tokens_per_s": {str(n): speed for n, speed in speeds.items()}, "steps": steps,
+            f"speed_{long}_over_{short}": round(speeds[long] / speeds[short], 3)}
 
 
 def measure_decode(model, cache, batch: int, settings: ModelBenchSettings, device: torch.device, context: str) -> dict:
@@ -113,7 +138,8 @@ def measure_prefill(model, batch: int, length: int, settings: ModelBenchSettings
     return result, caches[0]
 
 
-def _row(model, kind: str, dtype: str, batch: int, length: int, settings: ModelBenchSettings, device, log) -> dict:
+def _row(model, kind: str, dtype: str, batch: int, length: int, settings: ModelBenchSettings, device, log):
+    """(result row, the cache its decode continued)."""
     row = {"model": kind, "dtype": dtype, "batch": batch, "length": length, "prefill": None}
     with torch.no_grad():
         if batch * length <= settings.prefill_token_cap:
@@ -127,10 +153,9 @@ def _row(model, kind: str, dtype: str, batch: int, length: int, settings: ModelB
             cache = _prefill(model, _token_ids(model, batch, short))
             context = f"state of a real {short}-token prefill (Liger state size does not depend on length)"
         row["decode"] = measure_decode(model, cache, batch, settings, device, context)
-    del cache
     prefill = row["prefill"]["tokens_per_s"] if row["prefill"] else "-"
     log(f"{kind} {dtype} B={batch} L={length}: prefill {prefill} tok/s, decode {row['decode']['tokens_per_s']} tok/s")
-    return row
+    return row, cache
 
 
 def _warm_up(model, device) -> None:
@@ -188,21 +213,31 @@ def run_model_benchmark(model, liger: LigerConfig, settings: ModelBenchSettings,
     converted = convert(copy.deepcopy(base), liger).eval()
     models = {"base": base, "liger": converted}
     parameters = sum(p.numel() for p in base.parameters())
-    rows, skipped = [], []
+    rows, skipped, flatness = [], [], {}
     throughput = _throughput_section(models, device, settings, log)
-    for dtype in settings.dtypes:
-        for kind, net in models.items():
-            net.to(DTYPES[dtype])
-            _warm_up(net, device)
-            for batch in settings.batches:
-                for length in settings.lengths:
-                    if kind == "base" and batch * length > settings.prefill_token_cap and not _fits_in_memory(net, batch, length):
-                        skipped.append({"model": kind, "dtype": dtype, "batch": batch, "length": length,
-                                        "reason": "KV cache does not fit in 80 % of the free memory"})
-                        log(f"skipped {kind} {dtype} B={batch} L={length}: KV cache too large for free memory")
-                        continue
-                    rows.append(_row(net, kind, dtype, batch, length, settings, device, log))
-    return {"rows": rows, "skipped": skipped, "throughput": throughput,
+    with decode_layout(base), decode_layout(converted):
+        for dtype in settings.dtypes:
+            for kind, net in models.items():
+                net.to(DTYPES[dtype])
+                _warm_up(net, device)
+                liger_caches = {}
+                for batch in settings.batches:
+                    for length in settings.lengths:
+                        if kind == "base" and batch * length > settings.prefill_token_cap \
+                                and not _fits_in_memory(net, batch, length):
+                            skipped.append({"model": kind, "dtype": dtype, "batch": batch, "length": length,
+                                            "reason": "KV cache does not fit in 80 % of the free memory"})
+                            log(f"skipped {kind} {dtype} B={batch} L={length}: KV cache too large for free memory")
+                            continue
+                        row, cache = _row(net, kind, dtype, batch, length, settings, device, log)
+                        rows.append(row)
+                        if kind == "liger" and batch == 1 and row["prefill"]:
+                            liger_caches[length] = cache
+                        del cache
+                if len(liger_caches) > 1:
+                    flatness[dtype] = interleaved_decode(net, liger_caches, settings.decode_tokens, device)
+                    log(f"liger {dtype} B=1 decode, lengths interleaved: {flatness[dtype]['tokens_per_s']} tok/s")
+    return {"rows": rows, "skipped": skipped, "throughput": throughput, "liger_b1_decode_interleaved": flatness,
             "weights_mb": {dtype: round(parameters * DTYPES[dtype].itemsize / 2**20, 3) for dtype in settings.dtypes}}
 
 

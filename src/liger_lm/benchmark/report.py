@@ -34,6 +34,8 @@ def model_summary(results: dict) -> dict:
         per_dtype = {
             "liger_decode_b1_tok_s": {str(n): _decode(results, "liger", dtype, 1, n) for n in lengths},
             f"liger_decode_b1_speed_{long}_over_{short}": _ratio(_decode(results, "liger", dtype, 1, long), liger_short),
+            # the same ratio with the lengths' steps interleaved (robust to a machine's drift between rows)
+            "liger_decode_b1_interleaved": results.get("liger_b1_decode_interleaved", {}).get(dtype),
             # Each batch-1 step reads every weight once: tok/s × weight bytes is the bandwidth the decode achieves.
             "liger_decode_b1_weight_read_gb_s": round(liger_short * weights_mb * 2**20 / 1e9, 2) if liger_short else None,
             "weights_mb": weights_mb,

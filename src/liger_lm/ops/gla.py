@@ -76,9 +76,12 @@ def _single_step(q, k, v, g, initial_state, decay_on_value):
 
 def _to_chunks(x, chunk_size):
     """[B, T, H, D] -> [N, B·H, C, D] contiguous fp32, zero-padding T up to N·C (one chunk = one batched matmul)."""
-    x = F.pad(x.float(), (0, 0, 0, 0, 0, -x.shape[1] % chunk_size))
+    padding = -x.shape[1] % chunk_size
+    if padding:
+        x = F.pad(x, (0, 0, 0, 0, 0, padding))
     batch, _, heads, dim = x.shape
-    return x.unflatten(1, (-1, chunk_size)).permute(1, 0, 3, 2, 4).reshape(-1, batch * heads, chunk_size, dim)
+    chunks = x.unflatten(1, (-1, chunk_size)).permute(1, 0, 3, 2, 4)
+    return chunks.reshape(-1, batch * heads, chunk_size, dim).float()
 
 
 def _from_chunks(x, batch, length):
@@ -103,57 +106,79 @@ def _causal_decay(b):
     return log_decay.exp()
 
 
-def _matmul_safe(b):
-    """[N, B·H] bool: chunks whose decay range allows the factored matmul form (b is non-increasing in time)."""
-    return b[..., -1, :].amin(-1) >= -MATMUL_LOG_RANGE
+def _unsafe_chunks(b):
+    """[N, B·H] bool: chunks whose decay range is too wide for the factored matmul form (b is non-increasing)."""
+    return b[..., -1, :].amin(-1) < -MATMUL_LOG_RANGE
 
 
-def _causal(scores):
-    """Zero the s > t entries of [..., C, C] scores."""
-    chunk_size = scores.shape[-1]
-    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=scores.device).tril()
-    return scores * causal
-
-
-def _intra_chunk(q, k, v, b):
-    """Σ_{s<=t in chunk} (Σ_d q_td k_sd exp(b_td − b_sd)) v_s, all inputs [N, B·H, C, *]."""
-    safe = _matmul_safe(b)
-    b_safe = torch.where(safe[..., None, None], b, 0.0)
-    scores = (q * b_safe.exp()) @ (k * (-b_safe).exp()).transpose(-1, -2)
-    if not bool(safe.all()):
-        slow = ~safe
-        pairwise = q[slow][..., :, None, :] * k[slow][..., None, :, :] * _causal_decay(b[slow])
-        scores[slow] = pairwise.sum(-1)
-    return _causal(scores) @ v
+def _intra_chunk(q, q_decayed, k, v, b):
+    """Σ_{s<=t in chunk} (Σ_d q_td k_sd exp(b_td − b_sd)) v_s, all inputs [N, B·H, C, *], q_decayed = q ⊙ exp(b)."""
+    # The clamp only bites in unsafe chunks (it keeps exp finite there); their scores are recomputed below.
+    k_grown = k * torch.exp(-b.clamp(min=-MATMUL_LOG_RANGE))
+    scores = q_decayed @ k_grown.transpose(-1, -2)
+    unsafe = _unsafe_chunks(b)
+    if bool(unsafe.any()):
+        pairwise = q[unsafe][..., :, None, :] * k[unsafe][..., None, :, :] * _causal_decay(b[unsafe])
+        scores[unsafe] = pairwise.sum(-1)
+    return scores.tril_() @ v
 
 
 def _intra_chunk_value_decay(q, k, v, b):
     """Σ_{s<=t in chunk} (q_t·k_s) exp(b_t − b_s) ⊙ v_s; q, k [N, B·H, C, K], v, b [N, B·H, C, V]."""
-    scores = _causal(q @ k.transpose(-1, -2))
-    safe = _matmul_safe(b)
-    b_safe = torch.where(safe[..., None, None], b, 0.0)
-    out = b_safe.exp() * (scores @ (v * (-b_safe).exp()))
-    if not bool(safe.all()):
-        slow = ~safe
-        out[slow] = (scores[slow][..., None] * _causal_decay(b[slow]) * v[slow][..., None, :, :]).sum(-2)
+    scores = (q @ k.transpose(-1, -2)).tril_()
+    v_grown = v * torch.exp(-b.clamp(min=-MATMUL_LOG_RANGE))
+    out = b.exp() * (scores @ v_grown)
+    unsafe = _unsafe_chunks(b)
+    if bool(unsafe.any()):
+        out[unsafe] = (scores[unsafe][..., None] * _causal_decay(b[unsafe]) * v[unsafe][..., None, :, :]).sum(-2)
     return out
 
 
-def _scan_chunks(k, v, b, state, read):
-    """Run the chunk-to-chunk recurrence; `read(n, S_prev)` adds chunk n's inter-chunk output. Returns S_T.
+def _scan_chunks(k, v, b, state):
+    """The chunk-to-chunk recurrence: the state entering every chunk [N, B·H, K, V] and the final state S_T.
 
     Key-decay scan: k, b [N, B·H, C, K], v [N, B·H, C, V], state [B·H, K, V]. Swapping k and v (b over V) scans
     the transposed state Sᵀ of the value-decay recurrence instead.
         S_next = diag(exp(b_last)) S_prev + Σ_s (k_s ⊙ exp(b_last − b_s))ᵀ v_s     (every exponent <= 0)
-    The states entering each chunk are never stacked: the loop reads each one as it passes.
+    All chunks' writes are one batched matmul, leaving one fused multiply-add per chunk to run in sequence.
+    The entering states hold K·V/C floats per token and head: O(T), like the inputs.
     """
     b_last = b[:, :, -1:, :]
-    written = (k * (b_last - b).exp()).transpose(-1, -2).contiguous()
+    states = (k * (b_last - b).exp()).transpose(-1, -2) @ v
     chunk_decay = b_last.exp().transpose(-1, -2)
     for n in range(k.shape[0]):
-        read(n, state)
-        state = torch.baddbmm(chunk_decay[n] * state, written[n], v[n])
-    return state
+        next_state = torch.addcmul(states[n], chunk_decay[n], state)
+        states[n] = state  # chunk n's write, now used, makes room for the state entering it
+        state = next_state
+    return states, state
+
+
+# Long inputs run as consecutive segments whose working tensors stay near 8 MB: large blocks come from the OS on
+# every call (mmap), and faulting their pages in cost more than the arithmetic on the 2-core CPU we measured, while
+# small ones are reused from the heap. Segments also cap the op's extra memory at O(segment) instead of O(T).
+SEGMENT_ELEMENTS = 2**21
+
+
+def _segment_length(q, v, chunk_size):
+    """Tokens per segment: a multiple of chunk_size whose largest per-chunk tensor (q/k/v, or the K·V/C entering
+    states) holds at most SEGMENT_ELEMENTS values."""
+    batch, _, heads, key_dim = q.shape
+    value_dim = v.shape[-1]
+    per_token = batch * heads * max(key_dim, value_dim, key_dim * value_dim // chunk_size)
+    return max(SEGMENT_ELEMENTS // per_token // chunk_size, 1) * chunk_size
+
+
+def _by_segments(segment_op, q, k, v, g, initial_state, chunk_size):
+    """Run a chunked op over consecutive segments of the sequence, each starting from the last one's state."""
+    step = _segment_length(q, v, chunk_size)
+    if q.shape[1] <= step:
+        return segment_op(q, k, v, g, initial_state, chunk_size)
+    outputs, state = [], initial_state
+    for start in range(0, q.shape[1], step):
+        part = slice(start, start + step)
+        out, state = segment_op(q[:, part], k[:, part], v[:, part], g[:, part], state, chunk_size)
+        outputs.append(out)
+    return torch.cat(outputs, dim=1), state
 
 
 def _flat_state(initial_state, q, v):
@@ -180,14 +205,20 @@ def chunk_gla(q, k, v, g, initial_state=None, chunk_size=16):
     Returns:
         o: [B, T, H, V] fp32, final_state S_T: [B, H, K, V] fp32.
     """
+    return _by_segments(_chunk_gla_segment, q, k, v, g, initial_state, chunk_size)
+
+
+def _chunk_gla_segment(q, k, v, g, initial_state, chunk_size):
+    """`chunk_gla` over one segment."""
     batch, length, heads, _ = q.shape
     state = _flat_state(initial_state, q, v)
     # Padding with q = k = v = g = 0 neither writes nor decays the state.
     q, k, v, g = (_to_chunks(x, chunk_size) for x in (q, k, v, g))
     b = g.cumsum(-2)
-    out = _intra_chunk(q, k, v, b)
     q_decayed = q * b.exp()
-    state = _scan_chunks(k, v, b, state, lambda n, s: out[n].baddbmm_(q_decayed[n], s))
+    out = _intra_chunk(q, q_decayed, k, v, b)
+    entering, state = _scan_chunks(k, v, b, state)
+    out += q_decayed @ entering
     return _from_chunks(out, batch, length), state.view(batch, heads, *state.shape[1:])
 
 
@@ -252,19 +283,21 @@ def chunk_gla_value_decay(q, k, v, g, initial_state=None, chunk_size=16):
     Returns:
         o: [B, T, H, V] fp32, final_state S_T: [B, H, K, V] fp32.
     """
+    return _by_segments(_chunk_gla_value_decay_segment, q, k, v, g, initial_state, chunk_size)
+
+
+def _chunk_gla_value_decay_segment(q, k, v, g, initial_state, chunk_size):
+    """`chunk_gla_value_decay` over one segment."""
     batch, length, heads, _ = q.shape
     state = _flat_state(initial_state, q, v)
     # Padding with q = k = v = g = 0 neither writes nor decays the state.
     q, k, v, g = (_to_chunks(x, chunk_size) for x in (q, k, v, g))
     b = g.cumsum(-2)
     out = _intra_chunk_value_decay(q, k, v, b)
-    decay = b.exp()
-
-    def read(n, state_t):  # state_t = S_prevᵀ [V, K]
-        out[n].addcmul_(decay[n], torch.bmm(q[n], state_t.transpose(-1, -2)))
-
     # Sᵀ: [V, K] follows the key-decay recurrence with k and v swapped.
-    state = _scan_chunks(v, k, b, state.transpose(-1, -2), read).transpose(-1, -2)
+    entering, state = _scan_chunks(v, k, b, state.transpose(-1, -2))
+    out += b.exp() * (q @ entering.transpose(-1, -2))
+    state = state.transpose(-1, -2)
     return _from_chunks(out, batch, length), state.reshape(batch, heads, *state.shape[1:])
 
 

@@ -63,17 +63,23 @@ def _pair_blocks(x, block):
 
 
 def _blocked_attention(q, k, v, window, scale, key_valid):
-    """Query block n attends to key blocks n and n + 1 of [w keys before the queries, queries]."""
-    length = q.shape[1]
+    """Query block n attends to key blocks n and n + 1 of [w keys before the queries, queries]: one fused SDPA call
+    over all blocks, [B·N, H, w, D] queries against [B·N, Hkv, 2w, D] keys under a [w, 2w] band mask."""
+    batch, length = q.shape[:2]
     past = k.shape[1] - length
     start, left, right = max(past - window, 0), max(window - past, 0), -length % window
     # Padded keys are marked invalid, so they are never attended.
     k, v, key_valid = (_pad_time(x[:, start:], left, right) for x in (k, v, key_valid))
-    q_blocks = _pad_time(q, 0, right).unflatten(1, (-1, window))
     band = _band_mask(window, 2 * window, window, q.device)
-    allowed = (band & _pair_blocks(key_valid, window)[:, :, None, :])[..., None, None, :, :]
-    out = _attend(q_blocks, _pair_blocks(k, window), _pair_blocks(v, window), allowed, scale)
-    return out.flatten(1, 2)[:, :length]
+    allowed = band & _pair_blocks(key_valid, window)[:, :, None, :]
+    q_blocks = _pad_time(q, 0, right).unflatten(1, (-1, window)).flatten(0, 1)
+    k_blocks, v_blocks = (_pair_blocks(x, window).flatten(0, 1) for x in (k, v))
+    # A query whose band holds no valid key (left padding) gets 0 from SDPA, as from the reference.
+    out = F.scaled_dot_product_attention(
+        *(x.float().transpose(1, 2) for x in (q_blocks, k_blocks, v_blocks)),
+        attn_mask=allowed.flatten(0, 1)[:, None], scale=scale, enable_gqa=q.shape[2] != k.shape[2],
+    )
+    return out.transpose(1, 2).unflatten(0, (batch, -1)).flatten(1, 2)[:, :length].to(q.dtype)
 
 
 def _single_query_attention(q, k, v, scale, key_valid):
