@@ -1,8 +1,9 @@
 """Where a Liger decode step spends its time (README, Speed and memory): ms per token and the top ops.
 
 Usage: python scripts/profile_decode.py [--lengths 1024,8192] [--steps 10]
-Default model converted with the paper's settings, batch 1, fp32; each length is a real prefill, then timed
-single-token steps; the torch.profiler table is for 3 steps at the last length.
+Default model converted with the paper's settings, batch 1, fp32, inside `liger_lm.decode_layout` (as `liger
+generate` and `liger bench` decode); each length is a real prefill, then timed single-token steps; the
+torch.profiler table is for 3 steps at the last length.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from transformers import DynamicCache
 import liger_lm
 
 
-@torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="1024,8192")
@@ -25,18 +25,23 @@ def main() -> None:
     args = parser.parse_args()
     model, _ = liger_lm.load_default_model()
     liger_lm.convert(model)
+    with torch.no_grad(), liger_lm.decode_layout(model):
+        profile_decode(model, [int(n) for n in args.lengths.split(",")], args.steps)
+
+
+def profile_decode(model, lengths: list[int], steps: int) -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     step = torch.tensor([[5]])
-    for length in (int(n) for n in args.lengths.split(",")):
+    for length in lengths:
         cache = DynamicCache(config=model.config)
         model(torch.randint(3, 40000, (1, length), generator=torch.Generator().manual_seed(0)),
               past_key_values=cache, use_cache=True)
         for _ in range(3):
             model(step, past_key_values=cache, use_cache=True)
         started = time.perf_counter()
-        for _ in range(args.steps):
+        for _ in range(steps):
             model(step, past_key_values=cache, use_cache=True)
-        seconds = (time.perf_counter() - started) / args.steps
+        seconds = (time.perf_counter() - started) / steps
         print(f"context {length}: {1e3 * seconds:.1f} ms/token, {1 / seconds:.2f} tok/s, "
               f"weights read at {weight_bytes / seconds / 1e9:.2f} GB/s")
     with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
 
 from conftest import tiny_model
 from liger_lm import LigerConfig
 from liger_lm.benchmark import BenchmarkError, BenchOptions, parse_sizes, run_benchmark
-from liger_lm.benchmark import ops_bench
+from liger_lm.benchmark import measure, ops_bench
 
 FP32 = 4
 
@@ -52,6 +54,21 @@ def test_ops_benchmark_structure(tmp_path, monkeypatch):
     assert "skipped" in long["swa_naive"] and long["ratios"]["swa_blocked_vs_naive"] is None
     expected = short["gla_naive_loop"]["seconds"] / short["gla_chunked"]["seconds"]
     assert short["ratios"]["gla_chunked_vs_naive_loop"] == pytest.approx(expected, rel=1e-2, abs=1e-3)
+
+
+def test_interleaved_medians_alternate_the_functions():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("base", "liger")}
+    timings = measure.interleaved_medians(fns, torch.device("cpu"), repeats=3, max_seconds=60.0)
+    assert calls == ["base", "liger"] * 4  # one warm-up round, then three measured rounds
+    assert {name: t["runs"] for name, t in timings.items()} == {"base": 3, "liger": 3}
+    assert all(t["median_s"] == sorted(t["times_s"])[1] for t in timings.values())
+
+
+def test_interleaved_medians_stop_at_the_time_budget():
+    timings = measure.interleaved_medians({"slow": lambda: time.sleep(0.02)}, torch.device("cpu"), repeats=50,
+                                          max_seconds=0.05)
+    assert 2 <= timings["slow"]["runs"] <= 4
 
 
 def _kv_bytes(config, batch, tokens):

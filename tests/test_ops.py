@@ -1,3 +1,4 @@
+import importlib
 import math
 
 import pytest
@@ -13,6 +14,8 @@ from liger_lm.ops.gla import (
     naive_recurrent_gla_value_decay,
 )
 from liger_lm.ops.swa import naive_sliding_window_attention, sliding_window_attention
+
+gla_module = importlib.import_module("liger_lm.ops.gla")  # the package exports a function of the same name
 
 
 def assert_close_to(actual, expected):
@@ -67,6 +70,24 @@ def test_chunk_gla_gradients_match_recurrence(decay):
         grads.append([x.grad for x in leaves])
     for grad, grad_ref in zip(*grads):
         assert_close_to(grad, grad_ref)
+
+
+@pytest.mark.parametrize("chunked,naive,decay_on", [(chunk_gla, naive_recurrent_gla, "key"),
+                                                     (chunk_gla_value_decay, naive_recurrent_gla_value_decay, "value")])
+def test_long_inputs_run_in_segments_with_the_same_result(monkeypatch, chunked, naive, decay_on):
+    # 2·3·max(8, 5, 8·5/4) = 60 values a token: a budget of 500 gives segments of 8 tokens (2 chunks of 4).
+    monkeypatch.setattr(gla_module, "SEGMENT_ELEMENTS", 500)
+    assert gla_module._segment_length(torch.empty(2, 1, 3, 8), torch.empty(2, 1, 3, 5), 4) == 8
+    torch.manual_seed(7)
+    inputs = gla_inputs(length=29, decay="uniform5", decay_on=decay_on)
+    state = torch.randn(2, 3, 8, 5)
+    leaves = [x.clone().requires_grad_() for x in inputs]
+    o, s = chunked(*leaves, state, chunk_size=4)
+    o_ref, s_ref = naive(*inputs, state)
+    assert_close_to(o, o_ref)
+    assert_close_to(s, s_ref)
+    (o.sum() + s.sum()).backward()
+    assert all(torch.isfinite(x.grad).all() for x in leaves)
 
 
 def test_gla_prefill_then_decode_equals_one_call():

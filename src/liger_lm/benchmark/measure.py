@@ -47,6 +47,22 @@ def repeat_median(fn: Callable[[], object], device: torch.device, repeats: int, 
     return {"median_s": statistics.median(times), "runs": len(times), "times_s": times, "warmup_counted": False}
 
 
+def interleaved_medians(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int,
+                        max_seconds: float) -> dict[str, dict]:
+    """`repeat_median` for several functions whose ratio matters: after one warm-up call each, rounds that call
+    each function once, up to `repeats` rounds or until `max_seconds` per function are spent, so that drift of a
+    shared machine hits every function alike."""
+    for fn in fns.values():
+        timed(fn, device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    while len(times[next(iter(fns))]) < repeats:
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device)[0])
+        if sum(map(sum, times.values())) >= max_seconds * len(fns):
+            break
+    return {name: {"median_s": statistics.median(t), "runs": len(t), "times_s": t} for name, t in times.items()}
+
+
 def _rss_bytes() -> int:
     """Resident set size of this process (Linux /proc; 0 where unavailable)."""
     try:

@@ -10,6 +10,8 @@ Protocol (also written into the JSON):
       depend on length), so the step costs exactly what it costs at L;
   * decode rows of both models run inside `decode_layout` (wide weights column-major on CPU, see
     `modeling.layout`);
+  * forward throughput (no cache, [1, forward_length]): the runs of base and Liger (fp32, and bf16 autocast where
+    measured) alternate, median per model;
   * Liger flatness: the batch-1 caches of every length (after their real prefill) then decode one step each in
     turn, `decode_tokens` rounds, so that drift of a shared machine hits every length alike.
 """
@@ -27,7 +29,7 @@ from transformers import DynamicCache
 from ..config import LigerConfig
 from ..modeling.cache import cache_bytes
 from ..modeling.layout import decode_layout
-from .measure import PeakMemory, repeat_median, timed
+from .measure import PeakMemory, interleaved_medians, repeat_median, timed
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 WARMUP_TOKENS = 64
@@ -190,19 +192,16 @@ def _available_memory() -> int:
     return 0
 
 
-def forward_throughput(model, length: int, device, settings: ModelBenchSettings, autocast: bool) -> dict:
-    """Training-style forward (no cache) tok/s at [1, length], fp32 weights, optionally under bf16 autocast."""
+def _forward(model, length: int, device, autocast: bool) -> Callable[[], None]:
+    """A training-style forward (no cache) at [1, length], optionally under bf16 autocast."""
     ids = _token_ids(model, 1, length)
     context = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else nullcontext()
 
     def run():
-        with context:
+        with torch.no_grad(), context:
             model(input_ids=ids, use_cache=False, logits_to_keep=1)
 
-    with torch.no_grad():
-        timing = repeat_median(run, device, settings.repeats, settings.max_seconds)
-    return {"tokens_per_s": round(length / timing["median_s"], 2), "seconds": round(timing["median_s"], 4),
-            "runs": timing["runs"]}
+    return run
 
 
 def run_model_benchmark(model, liger: LigerConfig, settings: ModelBenchSettings, device, log: Callable) -> dict:
@@ -242,14 +241,18 @@ def run_model_benchmark(model, liger: LigerConfig, settings: ModelBenchSettings,
 
 
 def _throughput_section(models: dict, device, settings: ModelBenchSettings, log) -> dict:
-    """Forward tok/s at `forward_length` for both models, fp32 and (when bf16 is measured) fp32 + bf16 autocast."""
-    section = {"length": settings.forward_length, "batch": 1}
+    """Forward tok/s at `forward_length` for both models, fp32 and (when bf16 is measured) fp32 + bf16 autocast;
+    the runs of all of them are interleaved (`interleaved_medians`)."""
+    forwards = {}
     for kind, net in models.items():
         net.to(torch.float32)
-        with torch.no_grad():
-            net(input_ids=_token_ids(net, 1, WARMUP_TOKENS), use_cache=False)
         for autocast in (False, True) if "bf16" in settings.dtypes else (False,):
             name = f"{kind}_{'bf16_autocast' if autocast else 'fp32'}"
-            section[name] = forward_throughput(net, settings.forward_length, device, settings, autocast)
-            log(f"forward T={settings.forward_length} {name}: {section[name]['tokens_per_s']} tok/s")
+            forwards[name] = _forward(net, settings.forward_length, device, autocast)
+    timings = interleaved_medians(forwards, device, settings.repeats, settings.max_seconds)
+    section = {"length": settings.forward_length, "batch": 1, "interleaved": True}
+    for name, timing in timings.items():
+        section[name] = {"tokens_per_s": round(settings.forward_length / timing["median_s"], 2),
+                         "seconds": round(timing["median_s"], 4), "runs": timing["runs"]}
+        log(f"forward T={settings.forward_length} {name}: {section[name]['tokens_per_s']} tok/s")
     return section

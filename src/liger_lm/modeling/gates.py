@@ -1,7 +1,8 @@
 """Gates of the recurrent branch (paper Table 1, DESIGN.md §1.1), all run by the same two ops in `liger_lm.ops`.
 
-Inputs per layer, after GQA repetition, all [B, T, H, D]: the raw projections q, k, v (with bias / q-k norms, no
-RoPE) and g = the gate source (the raw key by default). Pool is adaptive average pooling of g's D values to the gate
+Inputs per layer: the raw projections q [B, T, H, D] and k, v [B, T, H_kv, D] (with bias / q-k norms, no RoPE) and
+g = the gate source (the raw key by default, so H_kv heads). Feature maps and gates run on the H_kv heads; each
+kv head's key, value and gate are repeated over its group of query heads only where they meet q (`_to_heads`). Pool is adaptive average pooling of g's D values to the gate
 shape; L = logsigmoid, τ = `gate_normalizer`, φ = softmax over D. Padding tokens arrive with `keep` False: they must
 neither write to nor decay the state, so their write term and log-decay are zeroed.
 
@@ -50,9 +51,15 @@ def _masked(keep: torch.Tensor | None, *tensors: torch.Tensor) -> list[torch.Ten
     return [torch.where(keep[:, :, None, None], t, 0.0) for t in tensors]
 
 
+def _to_heads(heads: int, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Repeat each [B, T, H_kv, *] tensor over its GQA group to `heads` heads (as transformers' repeat_kv)."""
+    return [t if t.shape[2] == heads else t.repeat_interleave(heads // t.shape[2], dim=2) for t in tensors]
+
+
 def _linear(q_feat, write_key, v, log_decay, keep, state: State | None, config: LigerConfig):
     """o_t = q_feat_t S_t,  S_t = diag(exp(log_decay_t)) S_{t−1} + write_key_tᵀ v_t."""
-    write_key, v, log_decay = _masked(keep, write_key, v, log_decay.clamp(min=MIN_LOG_DECAY))
+    write_key, v, log_decay = _to_heads(q_feat.shape[2], write_key, v, log_decay.clamp(min=MIN_LOG_DECAY))
+    write_key, v, log_decay = _masked(keep, write_key, v, log_decay)
     initial = state[0] if state else None
     o, final = gla(q_feat, write_key, v, log_decay, initial_state=initial, chunk_size=config.chunk_size)
     return o, (final,)
@@ -71,7 +78,7 @@ def _scalar(log_decay_fn):
     """Gate with one decay per head, from Pool_{D→1}(g), broadcast over the key dim; write φ(k)ᵀ v."""
 
     def run(q, k, v, g, keep, state, config):
-        log_decay = log_decay_fn(_pool(g, 1), config).expand_as(k)
+        log_decay = log_decay_fn(_pool(g, 1), config).expand(-1, -1, -1, k.shape[-1])
         return _linear(q.softmax(-1), k.softmax(-1), v, log_decay, keep, state, config)
 
     return run
@@ -88,15 +95,15 @@ def _mlstm(q, k, v, g, keep, state, config):
     """a = σ(Pool(g)→1); S_t = a S + φ(k)ᵀ v and n_t = a n + φ(k); o = φ(q) S / max(|φ(q)·n|, 1)."""
     # The normaliser n is the same recurrence with a value of 1: one extra value column carries it.
     ones = torch.ones_like(v[..., :1])
-    log_decay = F.logsigmoid(_pool(g, 1)).expand_as(k)
+    log_decay = F.logsigmoid(_pool(g, 1)).expand(-1, -1, -1, k.shape[-1])
     o, new_state = _linear(q.softmax(-1), k.softmax(-1), torch.cat([v, ones], -1), log_decay, keep, state, config)
     return o[..., :-1] / o[..., -1:].abs().clamp(min=1.0), new_state
 
 
 def _rwkv6(q, k, v, g, keep, state, config):
     """a = exp(−exp(g)) per dim, bonus u = 1: o_t = φ(q_t)(S_{t−1} + φ(k_t)ᵀ v_t),  S_t = diag(a_t) S_{t−1} + φ(k_t)ᵀ v_t."""
-    q_feat, k_feat = q.softmax(-1), k.softmax(-1)
-    log_decay = (-torch.exp(g)).clamp(min=MIN_LOG_DECAY)
+    q_feat = q.softmax(-1)
+    k_feat, v, log_decay = _to_heads(q.shape[2], k.softmax(-1), v, (-torch.exp(g)).clamp(min=MIN_LOG_DECAY))
     k_feat, v, log_decay = _masked(keep, k_feat, v, log_decay)
     # Reading S_{t−1} is the standard recurrence over inputs shifted one token right.
     initial = state[0] if state else None
@@ -112,7 +119,8 @@ def _gsa(q, k, v, g, keep, state, config):
     K̃_t = diag(a) K̃ + (1 − a) ⊗ φ(k_t),  Ṽ_t = diag(a) Ṽ + (1 − a) ⊗ v_t,  o_t = softmax(K̃_t φ(q_t))ᵀ Ṽ_t."""
     log_decay = (F.logsigmoid(_pool(g, config.num_slots)) / config.gate_normalizer).clamp(min=MIN_LOG_DECAY)
     slot_write = 1.0 - log_decay.exp()
-    k_feat, v, slot_write, log_decay = _masked(keep, k.softmax(-1), v, slot_write, log_decay)
+    k_feat, v, slot_write, log_decay = _to_heads(q.shape[2], k.softmax(-1), v, slot_write, log_decay)
+    k_feat, v, slot_write, log_decay = _masked(keep, k_feat, v, slot_write, log_decay)
     keys_state, values_state = state if state else (None, None)
     # Pass 1 holds K̃ᵀ [D, M]: the decay sits on its value (slot) dim.
     scores, keys_state = gla_value_decay(q.softmax(-1), k_feat, slot_write, log_decay, keys_state, config.chunk_size)

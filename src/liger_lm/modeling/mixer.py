@@ -84,11 +84,8 @@ class LigerAttention(nn.Module):
         return q, k, v
 
     def _recurrent(self, q, k, v, valid, cache: LigerCacheLayer | None):
-        """o^rec [B, T, H, D] fp32 and the new state (see `modeling.gates`)."""
-        groups = self.num_heads // self.num_kv_heads
-        # GQA: the key, value and gate of a kv head serve each query head of its group.
-        k, v = (t.float().repeat_interleave(groups, dim=2) for t in (k, v))
-        q = q.float()
+        """o^rec [B, T, H, D] fp32 and the new state (see `modeling.gates`; GQA repetition happens there)."""
+        q, k, v = q.float(), k.float(), v.float()
         source = {"q": q, "k": k, "v": v}[self.liger.gate_source]
         state = cache.state if cache is not None else None
         return self._gate.run(q, k, v, source, valid, state, self.liger)

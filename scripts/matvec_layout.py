@@ -1,0 +1,51 @@
+"""How fast this CPU reads weights in a batch-1 mat-vec, row-major vs column-major (`liger_lm.decode_layout`).
+
+Usage: python scripts/matvec_layout.py [--copies 30] [--calls 20]
+For each weight shape of the default model (30 layers: q/o 576×576, k/v 192×576, gate/up 1536×576, down 576×1536;
+the LM head 49152×576), `--copies` distinct weights (so that none stays in cache) are multiplied by one vector with
+F.linear, and the read rate in GB/s is printed for both layouts, with a plain sum over 512 MB for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = {"q/o": (576, 576), "k/v": (192, 576), "gate/up": (1536, 576), "down": (576, 1536), "lm_head": (49152, 576)}
+
+
+def _seconds(fn, calls: int) -> float:
+    fn()
+    started = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - started) / calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--copies", type=int, default=30)
+    parser.add_argument("--calls", type=int, default=20)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    big = torch.randn(2**27)
+    print(f"sum over 512 MB: {big.numel() * 4 / _seconds(big.sum, 5) / 1e9:.1f} GB/s")
+    del big
+    for name, (out_features, in_features) in SHAPES.items():
+        copies = 2 if name == "lm_head" else args.copies
+        row_major = [torch.randn(out_features, in_features) for _ in range(copies)]
+        column_major = [w.t().contiguous().t() for w in row_major]
+        x = torch.randn(1, in_features)
+        rates = []
+        for weights in (row_major, column_major):
+            seconds = _seconds(lambda ws=weights: [F.linear(x, w) for w in ws], args.calls)
+            rates.append(copies * out_features * in_features * 4 / seconds / 1e9)
+        print(f"{name:8s} {out_features}×{in_features}: row-major {rates[0]:5.1f} GB/s, "
+              f"column-major {rates[1]:5.1f} GB/s ({rates[1] / rates[0]:.2f}×)")
+
+
+if __name__ == "__main__":
+    main()
