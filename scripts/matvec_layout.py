@@ -1,9 +1,12 @@
-"""How fast this CPU reads weights in a batch-1 mat-vec, row-major vs column-major (`liger_lm.decode_layout`).
+"""Memory rates behind the CPU speed choices: mat-vec weight layout (`liger_lm.decode_layout`) and fresh vs reused
+blocks (the segments of `liger_lm.ops.gla`).
 
 Usage: python scripts/matvec_layout.py [--copies 30] [--calls 20]
 For each weight shape of the default model (30 layers: q/o 576×576, k/v 192×576, gate/up 1536×576, down 576×1536;
 the LM head 49152×576), `--copies` distinct weights (so that none stays in cache) are multiplied by one vector with
-F.linear, and the read rate in GB/s is printed for both layouts, with a plain sum over 512 MB for reference.
+F.linear, and the read rate in GB/s is printed for both layouts, with a plain sum over 512 MB for reference. Then
+filling a reused tensor is timed against allocating and filling a fresh one, at 8 MiB and 40 MiB (glibc serves blocks
+over its 32 MB mmap threshold fresh from the kernel, so each use faults its pages in).
 """
 
 from __future__ import annotations
@@ -45,6 +48,13 @@ def main() -> None:
             rates.append(copies * out_features * in_features * 4 / seconds / 1e9)
         print(f"{name:8s} {out_features}×{in_features}: row-major {rates[0]:5.1f} GB/s, "
               f"column-major {rates[1]:5.1f} GB/s ({rates[1] / rates[0]:.2f}×)")
+    for megabytes in (8, 40):
+        reused = torch.empty(megabytes * 2**18)
+        fill_reused = _seconds(lambda t=reused: t.fill_(1.0), args.calls)
+        fill_fresh = _seconds(lambda n=reused.numel(): torch.empty(n).fill_(1.0), args.calls)
+        gigabytes = reused.numel() * 4 / 1e9
+        print(f"fill {megabytes} MiB: reused tensor {gigabytes / fill_reused:5.1f} GB/s, "
+              f"freshly allocated {gigabytes / fill_fresh:5.1f} GB/s")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Protocol (also written into the JSON):
     - otherwise, base model: a DynamicCache of L random keys/values per layer (decode cost depends only on the
       cache length); Liger model: the state after a real prefill of `short_prefill` tokens (its size does not
       depend on length), so the step costs exactly what it costs at L;
-  * decode rows of both models run inside `decode_layout` (wide weights column-major on CPU, see
+  * the prefill/decode rows of both models run inside `decode_layout` (wide weights column-major on CPU, see
     `modeling.layout`);
   * forward throughput (no cache, [1, forward_length]): the runs of base and Liger (fp32, and bf16 autocast where
     measured) alternate, median per model;

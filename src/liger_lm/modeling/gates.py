@@ -1,10 +1,11 @@
 """Gates of the recurrent branch (paper Table 1, DESIGN.md §1.1), all run by the same two ops in `liger_lm.ops`.
 
 Inputs per layer: the raw projections q [B, T, H, D] and k, v [B, T, H_kv, D] (with bias / q-k norms, no RoPE) and
-g = the gate source (the raw key by default, so H_kv heads). Feature maps and gates run on the H_kv heads; each
-kv head's key, value and gate are repeated over its group of query heads only where they meet q (`_to_heads`). Pool is adaptive average pooling of g's D values to the gate
-shape; L = logsigmoid, τ = `gate_normalizer`, φ = softmax over D. Padding tokens arrive with `keep` False: they must
-neither write to nor decay the state, so their write term and log-decay are zeroed.
+g = the gate source (the raw key by default, so H_kv heads). Feature maps and gates run on the H_kv heads; each kv
+head's key, value and gate are repeated over its group of query heads only where they meet q (`_to_heads`).
+Pool is adaptive average pooling of g's D values to the gate shape; L = logsigmoid, τ = `gate_normalizer`,
+φ = softmax over D. Padding tokens arrive with `keep` False: they must neither write to nor decay the state, so their
+write term and log-decay are zeroed.
 
 Each gate returns the branch output [B, T, H, D] (fp32) and its new state (a tuple of fp32 tensors).
 """
