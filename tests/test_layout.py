@@ -41,3 +41,11 @@ def test_decode_layout_restores_after_an_error():
     except RuntimeError:
         pass
     assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_decode_layout_leaves_non_float_weights_alone():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Linear(4, 16))
+    model[1].weight = torch.nn.Parameter(torch.ones(16, 4, dtype=torch.int8), requires_grad=False)
+    with liger_lm.decode_layout(model):
+        assert model[0].weight.stride() == (1, 16)
+        assert model[1].weight.stride() == (4, 1)

@@ -16,12 +16,15 @@ from torch import nn
 
 
 def _wide_cpu_weights(model: nn.Module) -> list[nn.Parameter]:
-    """The weights [out, in] with out > in of every CPU nn.Linear, each once (tied weights appear once)."""
+    """The plain floating-point weights [out, in] with out > in of every CPU nn.Linear, each once (tied weights
+    appear once); quantized weights (Parameter subclasses, integer dtypes) are left alone."""
     weights = {}
     for module in model.modules():
-        if isinstance(module, nn.Linear) and module.out_features > module.in_features:
-            if module.weight.device.type == "cpu":
-                weights[id(module.weight)] = module.weight
+        if not isinstance(module, nn.Linear) or module.out_features <= module.in_features:
+            continue
+        weight = module.weight
+        if type(weight) is nn.Parameter and weight.device.type == "cpu" and weight.dtype.is_floating_point:
+            weights[id(weight)] = weight
     return list(weights.values())
 
 
