@@ -13,8 +13,8 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
-def _chance(scores: dict) -> str:
-    return "n/a" if scores.get("chance") is None else f"{100 * scores['chance']:.1f}"
+def _chance(chance: float | None) -> str:
+    return "n/a" if chance is None else f"{100 * chance:.1f}"
 
 
 def recovery_table_markdown(
@@ -34,14 +34,13 @@ def recovery_table_markdown(
         f"| task ({metric}) | chance | {base_name} | {converted_name} | recovery % |",
         "|---|---:|---:|---:|---:|",
     ]
-    for task, ratio in summary["tasks"].items():
-        base, converted = base_scores[task][metric], converted_scores[task][metric]
-        lines.append(f"| {task} | {_chance(base_scores[task])} | {100 * base:.1f} | {100 * converted:.1f} "
-                     f"| {_percent(ratio)} |")
     chances = [base_scores[task].get("chance") for task in summary["tasks"]]
+    for (task, ratio), chance in zip(summary["tasks"].items(), chances):
+        base, converted = base_scores[task][metric], converted_scores[task][metric]
+        lines.append(f"| {task} | {_chance(chance)} | {100 * base:.1f} | {100 * converted:.1f} | {_percent(ratio)} |")
     mean_chance = sum(chances) / len(chances) if None not in chances else None
     lines.append(
-        f"| **average** | {_chance({'chance': mean_chance})} | {100 * summary['base_average']:.1f} "
+        f"| **average** | {_chance(mean_chance)} | {100 * summary['base_average']:.1f} "
         f"| {100 * summary['converted_average']:.1f} | {_percent(summary['average'])} |"
     )
     return "\n".join(lines) + "\n"

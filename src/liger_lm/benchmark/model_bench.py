@@ -13,7 +13,8 @@ Protocol (also written into the JSON):
   * forward throughput (no cache, [1, forward_length]): the runs of base and Liger (fp32, and bf16 autocast where
     measured) alternate, median per model;
   * Liger flatness: the batch-1 caches of every length (after their real prefill) then decode one step each in
-    turn, `decode_tokens` rounds, so that drift of a shared machine hits every length alike.
+    turn, `decode_tokens` rounds (fewer if `max_seconds` per length run out), so that drift of a shared machine
+    hits every length alike.
 """
 
 from __future__ import annotations
@@ -77,32 +78,28 @@ def _prefill(model, ids: torch.Tensor):
 
 def _decode_steps(model, cache, batch: int, steps: int, device: torch.device) -> list[float]:
     """Seconds of each of `steps` single-token forwards (greedy next token) continuing `cache`."""
-    token = _token_ids(model, batch, 1)
-    times = []
-    for _ in range(steps):
-        seconds, token = _decode_step(model, cache, token, device)
-        times.append(seconds)
-    return times
+    step = _greedy_step(model, cache, _token_ids(model, batch, 1))
+    return [timed(step, device)[0] for _ in range(steps)]
 
 
-def _decode_step(model, cache, token: torch.Tensor, device: torch.device) -> tuple[float, torch.Tensor]:
-    """(seconds, greedy next token) of one single-token forward continuing `cache`."""
-    seconds, out = timed(lambda: model(input_ids=token, past_key_values=cache, use_cache=True), device)
-    return seconds, out.logits[:, -1:].argmax(-1)
+def _greedy_step(model, cache, token: torch.Tensor) -> Callable[[], None]:
+    """A function running one single-token forward continuing `cache`, then feeding back its greedy next token."""
+    def step():
+        nonlocal token
+        out = model(input_ids=token, past_key_values=cache, use_cache=True)
+        token = out.logits[:, -1:].argmax(-1)
+
+    return step
 
 
-def interleaved_decode(model, caches: dict[int, object], steps: int, device: torch.device) -> dict:
-    """Batch-1 decode tok/s per context length, one step per length in turn for `steps` rounds (plus a warm-up
-    round); returns tok/s per length and the longest over the shortest."""
-    tokens = {length: _token_ids(model, 1, 1) for length in caches}
-    times: dict[int, list[float]] = {length: [] for length in caches}
-    for _ in range(steps + 1):
-        for length, cache in caches.items():
-            seconds, tokens[length] = _decode_step(model, cache, tokens[length], device)
-            times[length].append(seconds)
-    speeds = {length: round(1 / sorted(t[1:])[len(t[1:]) // 2], 3) for length, t in times.items()}
+def interleaved_decode(model, caches: dict[int, object], settings: ModelBenchSettings, device: torch.device) -> dict:
+    """Batch-1 decode tok/s per context length, one step per length in turn (`interleaved_medians`); returns tok/s
+    per length and the longest over the shortest."""
+    steps = {length: _greedy_step(model, cache, _token_ids(model, 1, 1)) for length, cache in caches.items()}
+    timings = interleaved_medians(steps, device, settings.decode_tokens, settings.max_seconds)
+    speeds = {length: round(1 / timing["median_s"], 3) for length, timing in timings.items()}
     short, long = min(speeds), max(speeds)
-    return {"tokens_per_s": {str(n): speed for n, speed in speeds.items()}, "steps": steps,
+    return {"tokens_per_s": {str(n): speed for n, speed in speeds.items()}, "steps": timings[short]["runs"],
             f"speed_{long}_over_{short}": round(speeds[long] / speeds[short], 3)}
 
 
@@ -234,7 +231,7 @@ def run_model_benchmark(model, liger: LigerConfig, settings: ModelBenchSettings,
                             liger_caches[length] = cache
                         del cache
                 if len(liger_caches) > 1:
-                    flatness[dtype] = interleaved_decode(net, liger_caches, settings.decode_tokens, device)
+                    flatness[dtype] = interleaved_decode(net, liger_caches, settings, device)
                     log(f"liger {dtype} B=1 decode, lengths interleaved: {flatness[dtype]['tokens_per_s']} tok/s")
     return {"rows": rows, "skipped": skipped, "throughput": throughput, "liger_b1_decode_interleaved": flatness,
             "weights_mb": {dtype: round(parameters * DTYPES[dtype].itemsize / 2**20, 3) for dtype in settings.dtypes}}

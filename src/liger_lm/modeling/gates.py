@@ -45,22 +45,18 @@ def _pool(g: torch.Tensor, size: int) -> torch.Tensor:
     return F.adaptive_avg_pool1d(g.flatten(0, 2)[:, None], size)[:, 0].unflatten(0, g.shape[:3])
 
 
-def _masked(keep: torch.Tensor | None, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    """Zero the padding positions (keep [B, T] False) of each [B, T, H, *] tensor."""
+def _to_heads(heads: int, keep: torch.Tensor | None, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The state's per-token inputs, ready for the op: each [B, T, H_kv, *] tensor repeated over its GQA group to
+    `heads` heads (as transformers' repeat_kv), then zeroed at the padding positions (keep [B, T] False)."""
+    tensors = [t if t.shape[2] == heads else t.repeat_interleave(heads // t.shape[2], dim=2) for t in tensors]
     if keep is None:
-        return list(tensors)
+        return tensors
     return [torch.where(keep[:, :, None, None], t, 0.0) for t in tensors]
-
-
-def _to_heads(heads: int, *tensors: torch.Tensor) -> list[torch.Tensor]:
-    """Repeat each [B, T, H_kv, *] tensor over its GQA group to `heads` heads (as transformers' repeat_kv)."""
-    return [t if t.shape[2] == heads else t.repeat_interleave(heads // t.shape[2], dim=2) for t in tensors]
 
 
 def _linear(q_feat, write_key, v, log_decay, keep, state: State | None, config: LigerConfig):
     """o_t = q_feat_t S_t,  S_t = diag(exp(log_decay_t)) S_{t−1} + write_key_tᵀ v_t."""
-    write_key, v, log_decay = _to_heads(q_feat.shape[2], write_key, v, log_decay.clamp(min=MIN_LOG_DECAY))
-    write_key, v, log_decay = _masked(keep, write_key, v, log_decay)
+    write_key, v, log_decay = _to_heads(q_feat.shape[2], keep, write_key, v, log_decay.clamp(min=MIN_LOG_DECAY))
     initial = state[0] if state else None
     o, final = gla(q_feat, write_key, v, log_decay, initial_state=initial, chunk_size=config.chunk_size)
     return o, (final,)
@@ -104,8 +100,7 @@ def _mlstm(q, k, v, g, keep, state, config):
 def _rwkv6(q, k, v, g, keep, state, config):
     """a = exp(−exp(g)) per dim, bonus u = 1: o_t = φ(q_t)(S_{t−1} + φ(k_t)ᵀ v_t),  S_t = diag(a_t) S_{t−1} + φ(k_t)ᵀ v_t."""
     q_feat = q.softmax(-1)
-    k_feat, v, log_decay = _to_heads(q.shape[2], k.softmax(-1), v, (-torch.exp(g)).clamp(min=MIN_LOG_DECAY))
-    k_feat, v, log_decay = _masked(keep, k_feat, v, log_decay)
+    k_feat, v, log_decay = _to_heads(q.shape[2], keep, k.softmax(-1), v, (-torch.exp(g)).clamp(min=MIN_LOG_DECAY))
     # Reading S_{t−1} is the standard recurrence over inputs shifted one token right.
     initial = state[0] if state else None
     shifted = [F.pad(x, (0, 0, 0, 0, 1, -1)) for x in (k_feat, v, log_decay)]
@@ -120,8 +115,7 @@ def _gsa(q, k, v, g, keep, state, config):
     K̃_t = diag(a) K̃ + (1 − a) ⊗ φ(k_t),  Ṽ_t = diag(a) Ṽ + (1 − a) ⊗ v_t,  o_t = softmax(K̃_t φ(q_t))ᵀ Ṽ_t."""
     log_decay = (F.logsigmoid(_pool(g, config.num_slots)) / config.gate_normalizer).clamp(min=MIN_LOG_DECAY)
     slot_write = 1.0 - log_decay.exp()
-    k_feat, v, slot_write, log_decay = _to_heads(q.shape[2], k.softmax(-1), v, slot_write, log_decay)
-    k_feat, v, slot_write, log_decay = _masked(keep, k_feat, v, slot_write, log_decay)
+    k_feat, v, slot_write, log_decay = _to_heads(q.shape[2], keep, k.softmax(-1), v, slot_write, log_decay)
     keys_state, values_state = state if state else (None, None)
     # Pass 1 holds K̃ᵀ [D, M]: the decay sits on its value (slot) dim.
     scores, keys_state = gla_value_decay(q.softmax(-1), k_feat, slot_write, log_decay, keys_state, config.chunk_size)

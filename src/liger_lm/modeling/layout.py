@@ -1,10 +1,10 @@
 """Weight layout for batch-1 decoding on CPU.
 
-A decode step is a chain of mat-vecs y = x Wᵀ whose speed is the rate at which W is read. For the default model on
-the 2-core CPU we measured (README, Speed and memory), MKL read a wide row-major W [out, in] (out > in: the MLP's
-gate/up projections, the LM head) at about 11 GB/s, and the same W stored column-major at 15–18 GB/s; square and
-narrow weights showed no gain or a loss. `decode_layout` stores the wide weights column-major (same shape and
-values, strides swapped) for the duration of a `with` block.
+A decode step is a chain of mat-vecs y = x Wᵀ whose speed is the rate at which W is read. On the 2-core CPU we
+measured, MKL read a wide W [out, in] (out > in: the MLP's gate/up projections, the LM head) faster stored
+column-major than row-major, while narrow weights read slower (`scripts/matvec_layout.py`; numbers in the README,
+Speed and memory). `decode_layout` stores the wide weights column-major (same shape and values, strides swapped)
+for the duration of a `with` block.
 """
 
 from __future__ import annotations
