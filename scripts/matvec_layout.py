@@ -1,12 +1,13 @@
-"""Memory rates behind the CPU speed choices: mat-vec weight layout (`liger_lm.decode_layout`) and fresh vs reused
-blocks (the segments of `liger_lm.ops.gla`).
+"""Rates behind the CPU speed choices: mat-vec weight layout (`liger_lm.decode_layout`), fresh vs reused blocks
+(the segments of `liger_lm.ops.gla`) and fp32 vs bf16 matmul (`liger_lm.hardware.fast_bf16`).
 
 Usage: python scripts/matvec_layout.py [--copies 30] [--calls 20]
 For each weight shape of the default model (30 layers: q/o 576×576, k/v 192×576, gate/up 1536×576, down 576×1536;
 the LM head 49152×576), `--copies` distinct weights (so that none stays in cache) are multiplied by one vector with
 F.linear, and the read rate in GB/s is printed for both layouts, with a plain sum over 512 MB for reference. Then
 filling a reused tensor is timed against allocating and filling a fresh one, at 8 MiB and 40 MiB (glibc serves blocks
-over its 32 MB mmap threshold fresh from the kernel, so each use faults its pages in).
+over its 32 MB mmap threshold fresh from the kernel, so each use faults its pages in). Last, a 1024² matmul in
+fp32 and in bf16.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ def main() -> None:
         gigabytes = reused.numel() * 4 / 1e9
         print(f"fill {megabytes} MiB: reused tensor {gigabytes / fill_reused:5.1f} GB/s, "
               f"freshly allocated {gigabytes / fill_fresh:5.1f} GB/s")
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(1024, 1024).to(dtype)
+        seconds = _seconds(lambda a=a: a @ a, 3)
+        print(f"matmul 1024² {str(dtype).removeprefix('torch.')}: {2 * 1024**3 / seconds / 1e9:.2f} GFLOP/s")
 
 
 if __name__ == "__main__":
