@@ -16,6 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import DynamicCache
 
 import liger_lm
+from liger_lm.compat import with_cache
 
 
 def main() -> None:
@@ -35,18 +36,18 @@ def profile_decode(model, lengths: list[int], steps: int) -> None:
     for length in lengths:
         cache = DynamicCache(config=model.config)
         model(torch.randint(3, 40000, (1, length), generator=torch.Generator().manual_seed(0)),
-              past_key_values=cache, use_cache=True)
+              **with_cache(cache), use_cache=True)
         for _ in range(3):
-            model(step, past_key_values=cache, use_cache=True)
+            model(step, **with_cache(cache), use_cache=True)
         started = time.perf_counter()
         for _ in range(steps):
-            model(step, past_key_values=cache, use_cache=True)
+            model(step, **with_cache(cache), use_cache=True)
         seconds = (time.perf_counter() - started) / steps
         print(f"context {length}: {1e3 * seconds:.1f} ms/token, {1 / seconds:.2f} tok/s, "
               f"weights read at {weight_bytes / seconds / 1e9:.2f} GB/s")
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(3):
-            model(step, past_key_values=cache, use_cache=True)
+            model(step, **with_cache(cache), use_cache=True)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 

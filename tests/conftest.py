@@ -15,6 +15,8 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
+from liger_lm.compat import with_cache
+
 COMMON = dict(
     vocab_size=97,
     hidden_size=48,
@@ -88,8 +90,8 @@ def prefill_then_decode(model, ids: torch.Tensor, prefill: int) -> torch.Tensor:
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    steps = [model(ids[:, :prefill], past_key_values=cache, use_cache=True).logits]
-    steps += [model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(prefill, ids.shape[1])]
+    steps = [model(ids[:, :prefill], **with_cache(cache), use_cache=True).logits]
+    steps += [model(ids[:, t : t + 1], **with_cache(cache), use_cache=True).logits for t in range(prefill, ids.shape[1])]
     assert cache.get_seq_length() == ids.shape[1]
     return torch.cat(steps, dim=1)
 

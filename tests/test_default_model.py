@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
 import liger_lm
+from liger_lm.compat import with_cache
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +36,8 @@ def test_default_model_decode_parity_and_round_trip(default_model, tmp_path):
     ids = tokenizer(liger_lm.evaluate.sample_text(), return_tensors="pt")["input_ids"][:, :160]
     full = model(ids).logits
     cache = DynamicCache(config=model.config)
-    steps = [model(ids[:, :100], past_key_values=cache, use_cache=True).logits]
-    steps += [model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(100, 160)]
+    steps = [model(ids[:, :100], **with_cache(cache), use_cache=True).logits]
+    steps += [model(ids[:, t : t + 1], **with_cache(cache), use_cache=True).logits for t in range(100, 160)]
     assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-3
     model.save_pretrained(tmp_path)
     again = AutoModelForCausalLM.from_pretrained(tmp_path)

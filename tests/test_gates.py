@@ -1,4 +1,4 @@
-"""Every gate of paper Table 1 against a literal per-token transcription of DESIGN.md §1.1, plus the model-level
+"""Every gate of paper Table 1 against a literal per-token transcription of docs/method.md §1.1, plus the model-level
 properties (chunked = naive, forward = decode, padding, save/load) and the inter-layer hybrid."""
 
 from __future__ import annotations
@@ -19,35 +19,44 @@ FAMILIES = ["llama", "qwen3"]
 
 
 def reference_recurrent(gate: str, q, k, v, g, config: liger_lm.LigerConfig) -> torch.Tensor:
-    """Per-token loop written from the DESIGN.md table, independent of liger_lm's gate code. All [B, T, H, D]."""
+    """Per-token loop written from the docs/method.md table, independent of liger_lm's gate code. All [B, T, H, D]."""
     tau, gamma, slots = config.gate_normalizer, config.gate_lower_bound, config.num_slots
     batch, length, heads, dim = q.shape
     qf, kf = q.softmax(-1), k.softmax(-1)
     pooled = g.mean(-1, keepdim=True)
     state = torch.zeros(batch, heads, dim, dim)
     norm = torch.zeros(batch, heads, dim)
+    z = torch.zeros(batch, heads, dim)  # `normalize`: the decayed sum of write keys
     slot_keys, slot_values = torch.zeros(batch, heads, slots, dim), torch.zeros(batch, heads, slots, dim)
     outputs = []
     for t in range(length):
         qt, kt, vt, gt = qf[:, t], kf[:, t], v[:, t], g[:, t]
         write = kt[..., :, None] * vt[..., None, :]
         if gate == "gla":
-            state = torch.exp(F.logsigmoid(gt) / tau)[..., None] * state + write
+            a = torch.exp(F.logsigmoid(gt) / tau)
+            state, z = a[..., None] * state + write, a * z + kt
         elif gate == "hgrn2":
             a = gamma + (1 - gamma) * torch.sigmoid(gt)
             state = a[..., None] * state + (1 - a)[..., :, None] * vt[..., None, :]
+            z = a * z + (1 - a)
         elif gate == "mamba2":
-            state = torch.exp(-F.softplus(pooled[:, t]))[..., None] * state + write
+            a = torch.exp(-F.softplus(pooled[:, t]))
+            state, z = a[..., None] * state + write, a * z + kt
         elif gate == "retnet":
-            state = torch.sigmoid(pooled[:, t])[..., None] ** (1 / tau) * state + write
+            a = torch.sigmoid(pooled[:, t]) ** (1 / tau)
+            state, z = a[..., None] * state + write, a * z + kt
         elif gate == "none":
-            state = state + write
+            state, z = state + write, z + kt
         elif gate == "mlstm":
             a = torch.sigmoid(pooled[:, t])
             state, norm = a[..., None] * state + write, a * norm + kt
         elif gate == "rwkv6":
-            outputs.append(torch.einsum("bhd,bhde->bhe", qt, state + write))
-            state = torch.exp(-torch.exp(gt))[..., None] * state + write
+            out = torch.einsum("bhd,bhde->bhe", qt, state + write)
+            if config.normalize:
+                out = out / (qt * (z + kt)).sum(-1, keepdim=True)
+            outputs.append(out)
+            a = torch.exp(-torch.exp(gt))
+            state, z = a[..., None] * state + write, a * z + kt
             continue
         elif gate == "gsa":
             a = torch.sigmoid(F.adaptive_avg_pool1d(gt.flatten(0, 1)[:, None], slots)[:, 0].unflatten(0, gt.shape[:2]))
@@ -60,15 +69,21 @@ def reference_recurrent(gate: str, q, k, v, g, config: liger_lm.LigerConfig) -> 
         out = torch.einsum("bhd,bhde->bhe", qt, state)
         if gate == "mlstm":
             out = out / (qt * norm).sum(-1, keepdim=True).abs().clamp(min=1)
+        if config.normalize:
+            out = out / (qt * z).sum(-1, keepdim=True)
         outputs.append(out)
     return torch.stack(outputs, dim=1)
 
 
-@pytest.mark.parametrize("gate", GATE_NAMES)
+NORMALIZABLE = [gate for gate in GATE_NAMES if gate not in ("gsa", "mlstm")]
+GATE_VARIANTS = [(gate, False) for gate in GATE_NAMES] + [(gate, True) for gate in NORMALIZABLE]
+
+
+@pytest.mark.parametrize("gate,normalize", GATE_VARIANTS)
 @pytest.mark.parametrize("gate_source", ["k", "q"])
 @torch.no_grad()
-def test_gate_equals_the_per_token_transcription_of_the_table(gate, gate_source):
-    config = liger_lm.LigerConfig(gate=gate, gate_source=gate_source, num_slots=6, chunk_size=4)
+def test_gate_equals_the_per_token_transcription_of_the_table(gate, normalize, gate_source):
+    config = liger_lm.LigerConfig(gate=gate, gate_source=gate_source, num_slots=6, chunk_size=4, normalize=normalize)
     model = liger_lm.convert(tiny_model("qwen3"), config)
     mixer = model.model.layers[0].self_attn
     hidden = torch.randn(2, 21, model.config.hidden_size)
@@ -81,25 +96,26 @@ def test_gate_equals_the_per_token_transcription_of_the_table(gate, gate_source)
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("gate", GATE_NAMES)
+@pytest.mark.parametrize("gate,normalize", GATE_VARIANTS)
 @pytest.mark.parametrize("family", FAMILIES)
 @torch.no_grad()
-def test_chunked_equals_naive_and_forward_equals_decode(gate, family):
+def test_chunked_equals_naive_and_forward_equals_decode(gate, normalize, family):
     base = tiny_model(family)
     ids = token_ids()
-    chunked = liger_lm.convert(copy.deepcopy(base), gate=gate, window=8, num_slots=6, chunk_size=4)
-    naive = liger_lm.convert(copy.deepcopy(base), gate=gate, window=8, num_slots=6, chunk_size=10_000)
+    settings = dict(gate=gate, window=8, num_slots=6, normalize=normalize)
+    chunked = liger_lm.convert(copy.deepcopy(base), chunk_size=4, **settings)
+    naive = liger_lm.convert(copy.deepcopy(base), chunk_size=10_000, **settings)
     full = chunked(ids).logits
     torch.testing.assert_close(full, naive(ids).logits, rtol=0, atol=1e-4)
 
     torch.testing.assert_close(prefill_then_decode(chunked, ids, 19), full, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("gate", GATE_NAMES)
+@pytest.mark.parametrize("gate,normalize", GATE_VARIANTS)
 @pytest.mark.parametrize("family", FAMILIES)
 @torch.no_grad()
-def test_left_padding_and_save_load(gate, family, tmp_path):
-    model = liger_lm.convert(tiny_model(family), gate=gate, window=8, num_slots=6, chunk_size=4)
+def test_left_padding_and_save_load(gate, normalize, family, tmp_path):
+    model = liger_lm.convert(tiny_model(family), gate=gate, window=8, num_slots=6, chunk_size=4, normalize=normalize)
     rows = [token_ids(1, 23, seed=4)[0], token_ids(1, 9, seed=5)[0]]
     ids, mask = left_pad(rows)
     batch = model(ids, attention_mask=mask).logits

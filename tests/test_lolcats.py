@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 
 import liger_lm
 from conftest import prefill_then_decode, tiny_model
+from liger_lm.compat import with_cache
 from liger_lm.modeling.lolcats import HedgehogFeatureMap, LolcatsAttention, WindowFactor
 from liger_lm.ops.lolcats import lolcats_attention, naive_lolcats_attention
 
@@ -194,7 +195,7 @@ def test_decode_cache_is_constant_in_context_length():
     sizes = []
     for length in (16, 64):
         cache = DynamicCache(config=model.config)
-        model(token_ids(length=length), past_key_values=cache, use_cache=True)
+        model(token_ids(length=length), **with_cache(cache), use_cache=True)
         sizes.append(sum(layer.memory_bytes() for layer in cache.layers))
         u, z = cache.layers[0].state
         assert u.shape == (2, 6, 128, 8) and z.shape == (2, 6, 128) and cache.layers[0].keys.shape[1] == 7

@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, GPT2Con
 
 import liger_lm
 from conftest import prefill_then_decode, tiny_model
+from liger_lm.compat import with_cache
 
 SEQ = 40
 
@@ -52,13 +53,32 @@ def test_full_forward_equals_prefill_then_token_by_token_decode(family, window, 
     torch.testing.assert_close(prefill_then_decode(model, ids, prefill), full, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("window,prefill", [(8, 25), (4, 2), (1, 10)])
 @torch.no_grad()
-def test_cache_memory_is_constant_in_context_length():
-    model = converted("llama", window=8)
+def test_with_sinks_full_forward_equals_prefill_then_decode(family, window, prefill):
+    model = converted(family, window=window, sinks=4)
+    ids = token_ids()
+    torch.testing.assert_close(prefill_then_decode(model, ids, prefill), model(ids).logits, rtol=0, atol=1e-4)
+
+
+@torch.no_grad()
+def test_window_with_sinks_covering_every_key_equals_original_model(family):
+    """Window 4 + 4 sinks: tokens 0..7 see every earlier token, so they get exactly softmax attention."""
+    base = tiny_model(family)
+    model = liger_lm.convert(copy.deepcopy(base), rec_weight=0.0, swa_weight=1.0, window=4, sinks=4)
+    ids = token_ids()
+    torch.testing.assert_close(model(ids).logits[:, :8], base(ids).logits[:, :8], rtol=0, atol=1e-4)
+    assert (model(ids).logits[:, 9:] - base(ids).logits[:, 9:]).abs().max() > 1e-2  # and not beyond
+
+
+@pytest.mark.parametrize("sinks", [0, 4])
+@torch.no_grad()
+def test_cache_memory_is_constant_in_context_length(sinks):
+    model = converted("llama", window=8, sinks=sinks)
     sizes = []
     for length in (16, 64):
         cache = DynamicCache(config=model.config)
-        model(token_ids(length=length), past_key_values=cache, use_cache=True)
+        model(token_ids(length=length), **with_cache(cache), use_cache=True)
         sizes.append(sum(layer.memory_bytes() for layer in cache.layers))
     assert sizes[0] == sizes[1] > 0
 
@@ -73,10 +93,10 @@ def left_pad(rows: list[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor, t
     return ids, mask
 
 
-@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn_implementation,sinks", [("sdpa", 0), ("eager", 0), ("sdpa", 3)])
 @torch.no_grad()
-def test_left_padded_batch_equals_each_row_alone(family, attn_implementation):
-    model = converted(family, window=8)
+def test_left_padded_batch_equals_each_row_alone(family, attn_implementation, sinks):
+    model = converted(family, window=8, sinks=sinks)
     model.config._attn_implementation = attn_implementation
     rows = [token_ids(1, 30, seed=2)[0], token_ids(1, 11, seed=3)[0]]
     ids, mask = left_pad(rows)

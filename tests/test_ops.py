@@ -13,7 +13,7 @@ from liger_lm.ops.gla import (
     naive_recurrent_gla,
     naive_recurrent_gla_value_decay,
 )
-from liger_lm.ops.swa import naive_sliding_window_attention, sliding_window_attention
+from liger_lm.ops.swa import gather_sinks, naive_sliding_window_attention, sliding_window_attention
 
 gla_module = importlib.import_module("liger_lm.ops.gla")  # the package exports a function of the same name
 
@@ -262,13 +262,16 @@ def test_sliding_window_fully_masked_queries_give_zero(fn, length):
     assert (out[1, 6:].abs().sum(-1) > 0).all()
 
 
-def loop_reference(q, k, v, window, scale, key_valid):
-    """Per-query loop over the allowed keys P + i − w < j <= P + i; 0 when none is valid."""
+def loop_reference(q, k, v, window, scale, key_valid, sinks=0):
+    """Per-query loop over the allowed keys P + i − w < j <= P + i, plus the first `sinks` valid keys j <= P + i;
+    0 when none is valid."""
     out = torch.zeros_like(q)
     past, group = k.shape[1] - q.shape[1], q.shape[2] // k.shape[2]
     for b in range(q.shape[0]):
+        sink_keys = [j for j in range(k.shape[1]) if key_valid[b, j]][:sinks]
         for i in range(q.shape[1]):
-            keys = [j for j in range(max(0, past + i - window + 1), past + i + 1) if key_valid[b, j]]
+            band = range(max(0, past + i - window + 1), past + i + 1)
+            keys = sorted({j for j in band if key_valid[b, j]} | {j for j in sink_keys if j <= past + i})
             for h in range(q.shape[2]):
                 if keys:
                     weights = (scale * k[b, keys, h // group] @ q[b, i, h]).softmax(0)
@@ -343,3 +346,38 @@ def test_single_query_window_attention_matches_naive(past, pad):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     if pad == "empty_row":
         assert out[1].abs().max() == 0
+
+
+@pytest.mark.parametrize("length,past,window,sinks", [(9, 0, 4, 2), (9, 3, 4, 4), (6, 10, 3, 1), (12, 0, 1, 3)])
+def test_naive_sliding_window_with_sinks_matches_per_query_loop(length, past, window, sinks):
+    torch.manual_seed(10)
+    q, k, v, key_valid = swa_inputs(length, past, left_pad=5)
+    expected = loop_reference(q, k, v, window, 0.3, key_valid, sinks)
+    assert_close_to(naive_sliding_window_attention(q, k, v, window, 0.3, key_valid, sinks=sinks), expected)
+
+
+@pytest.mark.parametrize("length", [1, 3, 4, 17, 40])
+@pytest.mark.parametrize("past", [0, 3, 30])
+@pytest.mark.parametrize("sinks", [1, 4])
+def test_sliding_window_with_sinks_matches_naive_with_gradients(length, past, sinks):
+    """Blocked / band / single-query forms with gathered sinks = the explicit mask, values and gradients."""
+    torch.manual_seed(11)
+    q, k, v, key_valid = swa_inputs(length, past, left_pad=6)
+    inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+    expected = naive_sliding_window_attention(*inputs, 4, 0.3, key_valid, sinks=sinks)
+    expected_grads = torch.autograd.grad(expected.square().sum(), inputs)
+    inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+    sink_set = gather_sinks(inputs[1], inputs[2], key_valid, sinks)
+    actual = sliding_window_attention(*inputs, 4, 0.3, key_valid, sinks=sink_set)
+    assert_close_to(actual, expected)
+    for got, want in zip(torch.autograd.grad(actual.square().sum(), inputs), expected_grads):
+        assert_close_to(got, want)
+
+
+def test_sinks_change_only_queries_whose_window_has_left_them():
+    torch.manual_seed(12)
+    q, k, v, _ = swa_inputs(length=12, past=0)
+    plain = naive_sliding_window_attention(q, k, v, 4, 0.3)
+    with_sinks = sliding_window_attention(q, k, v, 4, 0.3, sinks=gather_sinks(k, v, torch.ones(2, 12, dtype=torch.bool), 2))
+    assert_close_to(with_sinks[:, :4], plain[:, :4])  # queries 0..3 still see key 0 in their window
+    assert (with_sinks[:, 4:] - plain[:, 4:]).abs().amax(dim=(2, 3)).min() > 1e-3

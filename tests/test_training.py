@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 import liger_lm
+from liger_lm.compat import without_cache
 from liger_lm.training import NonFiniteLossError, TrainConfig, TrainConfigError, train
 from liger_lm.training.objectives import attention_transfer, converted_layers, teacher_mode
 from liger_lm.training.trainer import COMPLETE, last_complete_checkpoint
@@ -70,7 +71,7 @@ def test_attention_transfer_matches_each_layer_to_softmax():
     assert len(losses) == len(converted_layers(model)) == 3
     assert torch.allclose(logits, expected, atol=1e-5)  # every layer ran on the teacher's activations
     with torch.no_grad():
-        own = model.model.layers[1].self_attn(**{**captured["kwargs"], "past_key_values": None})[0]
+        own = model.model.layers[1].self_attn(**without_cache(captured["kwargs"]))[0]
     assert losses[1].item() == pytest.approx(torch.mean((own - captured["out"]) ** 2).item(), rel=1e-5)
 
 
@@ -205,3 +206,18 @@ def test_resumed_run_reports_the_loss_before_training(instruction_file, tmp_path
     logged = [(r["step"], "eval_loss" in r, "loss" in r, "train_loss" in r) for r in records]
     assert [step for step, *_ in logged] == sorted(step for step, *_ in logged)
     assert len(logged) == len(set(logged))  # nothing logged twice across the stop and the resume
+
+
+def test_bf16_training_runs_on_the_cpu_under_autocast(instruction_file, tmp_path):
+    """precision="bf16" forced on a CPU: Trainer must be told it is on the CPU, and the projections run in bf16."""
+    model = converted()
+    dtypes = set()
+    hook = model.model.layers[0].self_attn.o_proj.register_forward_hook(
+        lambda module, args, out: dtypes.add(out.dtype) if module.training else None
+    )
+    train(model, tiny_tokenizer(), quick(instruction_file, precision="bf16"), tmp_path / "run")
+    hook.remove()
+    assert dtypes == {torch.bfloat16}
+    losses = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [r["loss"] for r in losses if "loss" in r]
+    assert sum(train_losses[-3:]) < sum(train_losses[:3])

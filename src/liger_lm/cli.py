@@ -196,6 +196,7 @@ def run(
     data: Annotated[str, typer.Option("--data", help="Fine-tuning data: 'default' (BIG-bench instructions), a local file or an HF dataset.")] = "default",
     tasks: Annotated[str, typer.Option("--tasks", help="'default' (suite at the budget's size) or 'name[=size],…' (names or .jsonl files).")] = "default",
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    precision: Annotated[str, typer.Option("--precision", help="Fine-tune precision: auto (bf16 where the hardware runs it natively), fp32 or bf16.")] = "auto",
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 32,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of reusing finished steps in --out.")] = False,
 ):
@@ -206,7 +207,8 @@ def run(
 
     options = RunOptions(
         model=model, out=out, liger=LigerConfig(method=method, gate=gate, window=window), budget=budget, data=data,
-        tasks=None if tasks == "default" else parse_task_spec(tasks), seed=seed, max_new_tokens=max_new_tokens,
+        tasks=None if tasks == "default" else parse_task_spec(tasks), seed=seed, precision=precision,
+        max_new_tokens=max_new_tokens,
         overwrite=overwrite,
     )
     results = main_job(options, log=lambda message: console.print(f"[cyan]›[/] {message}"))

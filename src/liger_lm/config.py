@@ -16,6 +16,8 @@ FEATURE_MAPS = {
     "softmax": "softmax over the head dimension, no parameters (paper default)",
 }
 
+SELF_NORMALISED_GATES = ("gsa", "mlstm")  # softmax over slots / own normaliser state
+
 CONFIG_FORMAT_VERSION = 1
 
 
@@ -43,6 +45,10 @@ class LigerConfig:
     chunk_size:      block length of the chunked recurrent form (speed knob, no effect on results).
     feature_dim:     LoLCATs: f, output size of each learned feature map W ∈ R^{D×f} (φ has 2f dims).
     window_factor_init: LoLCATs: initial logit of the window factor γ = σ(·) (−2.197 → γ ≈ 0.1).
+    sinks:           the window branch also attends to the first `sinks` real tokens of each sequence
+                     (StreamingLLM); 0 = the paper. Liger only.
+    normalize:       divide the recurrent branch by q'·z_t, z_t = a_t ⊙ z_{t−1} + k'_t (a decayed average of values,
+                     as attention is); False = the paper. Not for gsa / mlstm, which normalise already.
     """
 
     gate: str = "gla"
@@ -60,6 +66,8 @@ class LigerConfig:
     method: str = "liger"  # absent from older checkpoints' config: they are Liger models
     feature_dim: int = 64
     window_factor_init: float = -2.197
+    sinks: int = 0
+    normalize: bool = False
 
     def __post_init__(self) -> None:
         self.softmax_layers = sorted(set(int(i) for i in self.softmax_layers))
@@ -75,6 +83,17 @@ class LigerConfig:
         _check_choice("gate_source", self.gate_source, GATE_SOURCES)
         for name in ("window", "chunk_size", "num_slots", "feature_dim"):
             _check_positive_int(name, getattr(self, name))
+        if isinstance(self.sinks, bool) or not isinstance(self.sinks, int) or self.sinks < 0:
+            raise LigerConfigError(f"sinks must be an integer ≥ 0, got {self.sinks!r}")
+        if self.sinks and self.method != "liger":
+            raise LigerConfigError(f"sinks are a setting of the liger method, not {self.method!r}; set sinks=0")
+        if not isinstance(self.normalize, bool):
+            raise LigerConfigError(f"normalize must be true or false, got {self.normalize!r}")
+        if self.normalize and self.gate in SELF_NORMALISED_GATES:
+            raise LigerConfigError(
+                f"normalize does not apply to the {self.gate} gate, whose output is normalised already; "
+                "leave normalize off"
+            )
         if isinstance(self.softmax_every, bool) or not isinstance(self.softmax_every, int) or self.softmax_every < 0:
             raise LigerConfigError(f"softmax_every must be an integer ≥ 0, got {self.softmax_every!r}")
         if not 0 <= self.gate_lower_bound < 1:

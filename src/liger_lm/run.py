@@ -26,6 +26,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from . import __version__
+from .compat import with_cache
 from .config import LigerConfig
 from .convert import convert
 from .evaluate import evaluate_suite, recovery, sample_text, text_perplexity
@@ -36,6 +37,8 @@ from .modeling.cache import cache_bytes
 from .models import DEFAULT_MODEL_NOTE, load_model
 from .report import plot_recovery, recovery_table_markdown
 from .training import TrainConfig, train
+from .training.config import PRECISIONS
+from .training.trainer import use_bf16
 
 DEFAULT_PROMPTS = ["What is the capital of France?", "Write one sentence about the sea."]
 PAPER_RESULTS = [  # DESIGN.md §4: Liger-GLA, 0.02 B training tokens; six tasks (PiQA, ARC-e/c, HellaSwag, WinoGrande, MMLU)
@@ -55,9 +58,9 @@ class Budget:
     eval_examples: int | None  # per task; None: the task's DEFAULT_SUITE size
     prompt_loss: bool = False  # train on prompts too (more signal per token on short-answer data)
 
-    def train_config(self, data: str, seed: int) -> TrainConfig:
+    def train_config(self, data: str, seed: int, precision: str = "auto") -> TrainConfig:
         return TrainConfig(data=data, max_tokens=self.train_tokens, seq_len=self.seq_len, grad_accum=self.grad_accum,
-                           eval_records=self.eval_records, seed=seed, prompt_loss=self.prompt_loss)
+                           eval_records=self.eval_records, seed=seed, prompt_loss=self.prompt_loss, precision=precision)
 
 
 # "default" fits `make run` in about 15–20 minutes on a 2-core CPU with the default model (README has the timing).
@@ -81,6 +84,7 @@ class RunOptions:
     data: str = "default"
     tasks: dict[str, int | None] | None = None  # None: the default suite at the budget's size
     seed: int = 0
+    precision: str = "auto"  # of the fine-tune: "auto" (bf16 where the hardware runs it natively), "fp32" or "bf16"
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
     max_new_tokens: int = 32
     overwrite: bool = False
@@ -89,9 +93,13 @@ class RunOptions:
         """What the outputs depend on (compared with `run.json` to decide what can be reused)."""
         settings = {
             "model": self.model, "liger": self.liger.to_dict(), "budget": asdict(BUDGETS[self.budget]),
-            "data": self.data, "tasks": self.task_sizes(), "seed": self.seed,
+            "data": self.data, "tasks": self.task_sizes(), "seed": self.seed, "precision": self.training_precision(),
         }
         return json.loads(json.dumps(settings))  # as stored in run.json
+
+    def training_precision(self) -> str:
+        """The fine-tune's precision as resolved on this machine: "bf16" or "fp32"."""
+        return "bf16" if use_bf16(self.precision) else "fp32"
 
     def task_sizes(self) -> dict[str, int | None]:
         from .data.tasks import DEFAULT_SUITE
@@ -106,6 +114,8 @@ def main_job(options: RunOptions, log: Callable[[str], None] = logging.getLogger
     """Run (or finish) the pipeline in `options.out`; returns what `results.json` holds."""
     if options.budget not in BUDGETS:
         raise ValueError(f"unknown budget {options.budget!r}; choose one of {', '.join(BUDGETS)}")
+    if options.precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {options.precision!r}; choose one of {', '.join(PRECISIONS)}")
     out = _claim_run_folder(options)
     steps = _Steps(options, out, log)
     started = time.perf_counter()
@@ -115,6 +125,7 @@ def main_job(options: RunOptions, log: Callable[[str], None] = logging.getLogger
         "model_note": DEFAULT_MODEL_NOTE if options.model == "default" else "",
         "liger": options.liger.to_dict(),
         "budget": {"name": options.budget, **asdict(BUDGETS[options.budget])},
+        "precision": options.training_precision(),
         "machine": environment(torch.device("cpu")),
     }
     results["conversion"] = steps.convert()
@@ -214,7 +225,8 @@ class _Steps:
         if done.is_file():
             self.log(f"reusing the fine-tune in {folder}")
             return json.loads(done.read_text(encoding="utf-8"))
-        config = BUDGETS[self.options.budget].train_config(self.options.data, self.options.seed)
+        config = BUDGETS[self.options.budget].train_config(self.options.data, self.options.seed,
+                                                           self.options.training_precision())
         resume = folder.exists()
         self.log(f"{'resuming' if resume else 'fine-tuning'}: {config.max_tokens:,} tokens, "
                  f"{config.max_steps()} steps of {config.grad_accum} × {config.seq_len} …")
@@ -264,7 +276,7 @@ class _Steps:
             ids = torch.randint(3, self.tokenizer().vocab_size, (1, length), generator=generator)
             for name, model in (("base", self.base()), ("liger", self.trained())):
                 cache = DynamicCache(config=model.config)
-                model(ids.to(model.device), past_key_values=cache, use_cache=True)
+                model(ids.to(model.device), **with_cache(cache), use_cache=True)
                 sizes[name][length] = cache_bytes(cache)
         return sizes
 

@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 from transformers import DynamicCache
 
+from ..compat import with_cache
 from ..config import LigerConfig
 from ..modeling.cache import cache_bytes
 from ..modeling.layout import decode_layout
@@ -72,7 +73,7 @@ def _token_ids(model, batch: int, length: int) -> torch.Tensor:
 def _prefill(model, ids: torch.Tensor):
     """Forward over ids with a fresh cache; returns the filled cache."""
     cache = DynamicCache(config=model.config)
-    model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    model(input_ids=ids, **with_cache(cache), use_cache=True, logits_to_keep=1)
     return cache
 
 
@@ -86,7 +87,7 @@ def _greedy_step(model, cache, token: torch.Tensor) -> Callable[[], None]:
     """A function running one single-token forward continuing `cache`, then feeding back its greedy next token."""
     def step():
         nonlocal token
-        out = model(input_ids=token, past_key_values=cache, use_cache=True)
+        out = model(input_ids=token, **with_cache(cache), use_cache=True)
         token = out.logits[:, -1:].argmax(-1)
 
     return step

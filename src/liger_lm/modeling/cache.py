@@ -4,6 +4,8 @@ A Liger layer keeps, per sequence:
   * the fp32 recurrent state(s), e.g. S [B, H, K, V] (GSA keeps two);
   * a rolling buffer of the last `window − 1` RoPE'd keys and values  [B, L, H_kv, D]  (L ≤ window − 1),
     with a validity flag per buffered token  [B, L]  so that left padding never becomes attendable;
+  * with `sinks` = n: the RoPE'd keys and values of the first n real tokens once they have left that buffer
+    [B, n, H_kv, D] (+ validity [B, n]), and how many real tokens have left it per row [B];
   * the number of tokens seen (positions for generate(), counted in tokens, not heads).
 
 The layer plugs into any transformers `Cache` (DynamicCache, the one `generate()` builds): `liger_cache_layer`
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
+
+from ..ops.swa import Sinks, gather_sinks, keep_sinks
 
 
 class LigerCacheLayer(CacheLayerMixin):
@@ -28,6 +32,8 @@ class LigerCacheLayer(CacheLayerMixin):
         super().__init__()
         self.state: tuple[torch.Tensor, ...] | None = None  # one or more fp32 recurrent states
         self.key_valid: torch.Tensor | None = None
+        self.sinks: Sinks | None = None  # sink keys that left the window buffer (positions BEFORE_STREAM)
+        self.real_dropped: torch.Tensor | None = None  # [B] real tokens that left the window buffer
         self.seen_tokens = 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -40,6 +46,12 @@ class LigerCacheLayer(CacheLayerMixin):
         """The buffered past keys, values [B, L, H_kv, D] and their validity [B, L] (None before the first call)."""
         return self.keys, self.values, self.key_valid
 
+    def real_before_buffer(self, batch: int, device: torch.device) -> torch.Tensor:
+        """[B] long: real tokens of each sequence before the window buffer (they left it)."""
+        if self.real_dropped is None:
+            return torch.zeros(batch, dtype=torch.long, device=device)
+        return self.real_dropped
+
     def advance(
         self,
         state: tuple[torch.Tensor, ...] | None,
@@ -48,11 +60,15 @@ class LigerCacheLayer(CacheLayerMixin):
         key_valid: torch.Tensor | None,
         new_tokens: int,
         window: int,
+        sinks: int = 0,
     ) -> None:
-        """Store the new state and keep only the last `window − 1` of (buffer + new) keys/values."""
+        """Store the new state and keep only the last `window − 1` of (buffer + new) keys/values; with `sinks`, the
+        sink tokens among those that leave the buffer move to the sink store."""
         self.state = state
         if keys is not None:
             start = max(keys.shape[1] - (window - 1), 0)
+            if sinks and start:
+                self._store_sinks(keys[:, :start], values[:, :start], key_valid[:, :start], sinks)
             keys, values, key_valid = keys[:, start:], values[:, start:], key_valid[:, start:]
             if start > window:
                 # clone after a prefill: the slice would keep all its keys alive through the storage (a decode
@@ -61,6 +77,12 @@ class LigerCacheLayer(CacheLayerMixin):
             self.keys, self.values, self.key_valid = keys, values, key_valid
         self.seen_tokens += new_tokens
         self.is_initialized = True
+
+    def _store_sinks(self, keys, values, key_valid, sinks: int) -> None:
+        """Move the sinks among the tokens leaving the buffer into the store, kept at `sinks` slots per row."""
+        real_before = self.real_before_buffer(keys.shape[0], keys.device)
+        self.sinks = keep_sinks(gather_sinks(keys, values, key_valid, sinks, real_before, self.sinks), sinks)
+        self.real_dropped = real_before + key_valid.sum(1)
 
     def get_seq_length(self) -> int:
         return self.seen_tokens
@@ -73,17 +95,21 @@ class LigerCacheLayer(CacheLayerMixin):
         return -1
 
     def _tensors(self) -> list[torch.Tensor]:
-        return [t for t in (*(self.state or ()), self.keys, self.values, self.key_valid) if t is not None]
+        held = (*(self.state or ()), self.keys, self.values, self.key_valid, *(self.sinks or ()), self.real_dropped)
+        return [t for t in held if t is not None]
 
     def _map(self, fn) -> None:
+        """Apply `fn` to every per-sequence tensor (dim 0 is the batch)."""
         if self.state is not None:
             self.state = tuple(fn(t) for t in self.state)
-        for name in ("keys", "values", "key_valid"):
+        if self.sinks is not None:
+            self.sinks = Sinks(*(fn(t) for t in self.sinks))
+        for name in ("keys", "values", "key_valid", "real_dropped"):
             if getattr(self, name) is not None:
                 setattr(self, name, fn(getattr(self, name)))
 
     def reset(self) -> None:
-        self.state = self.keys = self.values = self.key_valid = None
+        self.state = self.keys = self.values = self.key_valid = self.sinks = self.real_dropped = None
         self.seen_tokens = 0
         self.is_initialized = False
 

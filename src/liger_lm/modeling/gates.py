@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 # exp(−60) ≈ 1e-26 is already a full reset; the floor keeps in-chunk cumulative sums finite (RWKV6's −exp(g)).
 MIN_LOG_DECAY = -60.0
+# q'·z ≥ min(q') > 0 once a real token was written (softmax features); only an empty state (left padding) is below.
+NORMALISER_FLOOR = 1e-30
 
 State = tuple[torch.Tensor, ...]
 
@@ -54,12 +56,25 @@ def _to_heads(heads: int, keep: torch.Tensor | None, *tensors: torch.Tensor) -> 
     return [torch.where(keep[:, :, None, None], t, 0.0) for t in tensors]
 
 
+def _with_ones(v: torch.Tensor) -> torch.Tensor:
+    """v with one more value column of 1: the same recurrence then also carries z_t = diag(a_t) z_{t−1} + write_t."""
+    return torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+
+
+def _divide_by_last(o: torch.Tensor) -> torch.Tensor:
+    """o[..., :-1] / (q·z) with q·z in the last column; 0 where nothing was written yet (left padding)."""
+    return o[..., :-1] / o[..., -1:].clamp(min=NORMALISER_FLOOR)
+
+
 def _linear(q_feat, write_key, v, log_decay, keep, state: State | None, config: LigerConfig):
-    """o_t = q_feat_t S_t,  S_t = diag(exp(log_decay_t)) S_{t−1} + write_key_tᵀ v_t."""
+    """o_t = q_feat_t S_t,  S_t = diag(exp(log_decay_t)) S_{t−1} + write_key_tᵀ v_t;
+    with `normalize`: o_t / (q_feat_t · z_t),  z_t = diag(exp(log_decay_t)) z_{t−1} + write_key_t."""
+    if config.normalize:
+        v = _with_ones(v)
     write_key, v, log_decay = _to_heads(q_feat.shape[2], keep, write_key, v, log_decay.clamp(min=MIN_LOG_DECAY))
     initial = state[0] if state else None
     o, final = gla(q_feat, write_key, v, log_decay, initial_state=initial, chunk_size=config.chunk_size)
-    return o, (final,)
+    return (_divide_by_last(o) if config.normalize else o), (final,)
 
 
 def _per_dim(log_decay_fn):
@@ -91,15 +106,17 @@ def _hgrn2(q, k, v, g, keep, state, config):
 def _mlstm(q, k, v, g, keep, state, config):
     """a = σ(Pool(g)→1); S_t = a S + φ(k)ᵀ v and n_t = a n + φ(k); o = φ(q) S / max(|φ(q)·n|, 1)."""
     # The normaliser n is the same recurrence with a value of 1: one extra value column carries it.
-    ones = torch.ones_like(v[..., :1])
     log_decay = F.logsigmoid(_pool(g, 1)).expand(-1, -1, -1, k.shape[-1])
-    o, new_state = _linear(q.softmax(-1), k.softmax(-1), torch.cat([v, ones], -1), log_decay, keep, state, config)
+    o, new_state = _linear(q.softmax(-1), k.softmax(-1), _with_ones(v), log_decay, keep, state, config)
     return o[..., :-1] / o[..., -1:].abs().clamp(min=1.0), new_state
 
 
 def _rwkv6(q, k, v, g, keep, state, config):
-    """a = exp(−exp(g)) per dim, bonus u = 1: o_t = φ(q_t)(S_{t−1} + φ(k_t)ᵀ v_t),  S_t = diag(a_t) S_{t−1} + φ(k_t)ᵀ v_t."""
+    """a = exp(−exp(g)) per dim, bonus u = 1: o_t = φ(q_t)(S_{t−1} + φ(k_t)ᵀ v_t),  S_t = diag(a_t) S_{t−1} + φ(k_t)ᵀ v_t;
+    with `normalize`: o_t / φ(q_t)(z_{t−1} + φ(k_t)),  z_t = diag(a_t) z_{t−1} + φ(k_t)."""
     q_feat = q.softmax(-1)
+    if config.normalize:
+        v = _with_ones(v)
     k_feat, v, log_decay = _to_heads(q.shape[2], keep, k.softmax(-1), v, (-torch.exp(g)).clamp(min=MIN_LOG_DECAY))
     # Reading S_{t−1} is the standard recurrence over inputs shifted one token right.
     initial = state[0] if state else None
@@ -107,7 +124,8 @@ def _rwkv6(q, k, v, g, keep, state, config):
     o_past, before_last = gla(q_feat, *shifted, initial, config.chunk_size)
     bonus = (q_feat * k_feat).sum(-1, keepdim=True) * v
     last = log_decay[:, -1].exp()[..., None] * before_last + k_feat[:, -1, ..., None] * v[:, -1, :, None]
-    return o_past + bonus, (last,)
+    o = o_past + bonus
+    return (_divide_by_last(o) if config.normalize else o), (last,)
 
 
 def _gsa(q, k, v, g, keep, state, config):

@@ -14,17 +14,18 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..config import CONFIG_FORMAT_VERSION, LigerConfig, LigerConfigError
 from .adapters import ADAPTERS, ArchitectureAdapter
+from .attention import LinearizedAttention
 from .lolcats import LolcatsAttention
 from .mixer import LigerAttention
 
 
 def install_mixers(model: nn.Module, config: LigerConfig, adapter: ArchitectureAdapter) -> None:
     """Replace `self_attn` of every layer not kept as softmax (`softmax_layers`, `softmax_every`) by the mixer of
-    `config.method` (`LigerAttention`, or its subclass `LolcatsAttention`), in place."""
+    `config.method` (`LigerAttention` or `LolcatsAttention`), in place."""
     mixer_class = LolcatsAttention if config.method == "lolcats" else LigerAttention
     keep_softmax = config.softmax_layer_set(len(model.model.layers))
     for idx, layer in enumerate(model.model.layers):
-        if idx not in keep_softmax and not isinstance(layer.self_attn, LigerAttention):
+        if idx not in keep_softmax and not isinstance(layer.self_attn, LinearizedAttention):
             layer.self_attn = mixer_class(layer.self_attn, config, adapter)
 
 

@@ -1,4 +1,4 @@
-"""`LolcatsAttention`: the LoLCATs baseline mixer (arXiv 2410.10254, DESIGN.md §1.3).
+"""`LolcatsAttention`: the LoLCATs baseline mixer (arXiv 2410.10254, docs/method.md §1.3).
 
 Per layer, with q, k the model's own projections after RoPE (LoLCATs applies RoPE first, then the feature map),
 H query heads and the keys/values of a GQA group shared by its query heads:
@@ -37,13 +37,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.cache_utils import Cache
 
 from ..config import LigerConfig
 from ..ops.lolcats import lolcats_attention
 from .adapters import ArchitectureAdapter
-from .cache import liger_cache_layer
-from .mixer import LigerAttention, token_validity
+from .attention import LinearizedAttention
 
 FEATURE_FLOOR = 1e-12  # the reference's clamp: φ stays > 0, so a linear normaliser never vanishes
 
@@ -90,12 +88,11 @@ class WindowFactor(nn.Module):
         return torch.sigmoid(self.logit.float())
 
 
-class LolcatsAttention(LigerAttention):
-    """Drop-in replacement of a Llama/Mistral/Qwen2/Qwen3 attention module computing LoLCATs attention.
+class LolcatsAttention(LinearizedAttention):
+    """LoLCATs attention: learned Hedgehog feature maps, one normaliser over window and linear terms.
 
-    Reuses `LigerAttention`'s projections (`_project`), RoPE, the teacher handle (`softmax_attention`) and the
-    decode cache (`LigerCacheLayer`: state (U [B, H, 2f, D], z [B, H, 2f]) fp32 + the last w − 1 RoPE'd keys and
-    values with their validity). One decode step folds the key leaving the window into the state.
+    Its cache (`LigerCacheLayer`) holds the state (U [B, H, 2f, D], z [B, H, 2f]) fp32 and the last w − 1 RoPE'd keys
+    and values with their validity; one decode step folds the key leaving the window into the state.
     """
 
     def __init__(self, attention: nn.Module, config: LigerConfig, adapter: ArchitectureAdapter) -> None:
@@ -108,39 +105,14 @@ class LolcatsAttention(LigerAttention):
     def extra_repr(self) -> str:
         return f"method=lolcats, window={self.liger.window}, feature_dim={self.liger.feature_dim}"
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
-        **kwargs,
-    ) -> tuple[torch.Tensor, None]:
-        batch, length, _ = hidden_states.shape
-        q, k, v = self._project(hidden_states)
-        cos, sin = position_embeddings
-        q, k = self._apply_rope(q, k, cos, sin, unsqueeze_dim=2)
-        valid = token_validity(attention_mask, length)
-        if valid is None:
-            valid = torch.ones(batch, length, dtype=torch.bool, device=k.device)
-
-        cache = liger_cache_layer(past_key_values, self.layer_idx) if past_key_values is not None else None
-        state = None
-        if cache is not None:
-            state = cache.state
-            past_k, past_v, past_valid = cache.window_keys()
-            if past_k is not None:
-                k, v = torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1)
-                valid = torch.cat([past_valid, valid], dim=1)
-
-        window = self.liger.window
+    def mix(self, q, k, v, valid, position_embeddings, cache):
+        q, k = self._rope(q, k, position_embeddings)
+        k, v, valid = self._window_stream(k, v, valid, cache)
         out, state = lolcats_attention(
             q, k, v, self.feature_map_q(q), self._leaving_key_features(k), self.window_factor(),
-            window, self.scaling, key_valid=valid, initial_state=state,
+            self.liger.window, self.scaling, key_valid=valid, initial_state=cache.state if cache is not None else None,
         )
-        if cache is not None:
-            cache.advance(state, k, v, valid, new_tokens=length, window=window)
-        return self.o_proj(out.to(hidden_states.dtype).reshape(batch, length, -1)), None
+        return out, state, (k, v, valid)
 
     def _leaving_key_features(self, k: torch.Tensor) -> torch.Tensor:
         """φ(k) [B, S, H, 2f] for the keys that are or become older than the window (rows ≤ S − w), zeros after.

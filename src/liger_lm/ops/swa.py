@@ -1,15 +1,73 @@
-"""Sliding-window softmax attention with GQA, key validity and cached past keys.
+"""Sliding-window softmax attention with GQA, key validity, cached past keys and attention sinks.
 
 The T queries are the last T of the S = P + T key positions. Query i (key index
 P + i) attends to keys j with P + i − w < j <= P + i and key_valid[b, j]:
 
     o_i = Σ_j softmax_j(scale · q_i · k_j over allowed j) v_j
 
+With `sinks` = n (StreamingLLM, arXiv 2309.17453; docs/method.md §1), every query also attends to the first n real
+(valid) keys of its sequence, wherever they are: the allowed set becomes band ∪ {sink j ≤ P + i}. The fast form
+receives the sinks as a separate small set of keys (`Sinks`) with their stream positions, so a decode cache can
+keep them after they left the window buffer.
+
 Query head h uses key/value head h // (H // Hkv), as transformers' repeat_kv.
 """
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
+
+BEFORE_STREAM = -(2**30)  # position of a sink key kept from an earlier call: before every key of the stream
+
+
+class Sinks(NamedTuple):
+    """Sink keys outside the band of some query: keys, values [B, G, Hkv, D], positions [B, G] (index in the key
+    stream; BEFORE_STREAM for keys from earlier calls), valid [B, G] bool."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    positions: torch.Tensor
+    valid: torch.Tensor
+
+
+def sink_mask(key_valid: torch.Tensor, sinks: int, real_before: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, S] bool: the keys among the first `sinks` real keys of their sequence.
+
+    key_valid: [B, S] bool; real_before: [B] long, real tokens of the sequence before this stream (None: 0).
+    """
+    real_index = key_valid.long().cumsum(1) - 1
+    if real_before is not None:
+        real_index = real_index + real_before[:, None]
+    return key_valid & (real_index < sinks)
+
+
+def gather_sinks(k, v, key_valid, sinks: int, real_before=None, stored: Sinks | None = None) -> Sinks:
+    """The sinks of a key stream (at most `sinks` per row, in order), after `stored` ones from earlier calls.
+
+    k, v: [B, S, Hkv, D]; key_valid: [B, S] bool; real_before: [B] long (see `sink_mask`).
+    """
+    is_sink = sink_mask(key_valid, sinks, real_before)
+    order = _first_flagged(is_sink, sinks)
+    found = Sinks(_take(k, order), _take(v, order), order, is_sink.gather(1, order))
+    return found if stored is None else Sinks(*(torch.cat(pair, dim=1) for pair in zip(stored, found)))
+
+
+def keep_sinks(sinks: Sinks, count: int) -> Sinks:
+    """The first `count` valid sinks of each row, marked as lying before any later key stream (a decode cache's)."""
+    order = _first_flagged(sinks.valid, count)
+    return Sinks(_take(sinks.keys, order), _take(sinks.values, order), torch.full_like(order, BEFORE_STREAM),
+                 sinks.valid.gather(1, order))
+
+
+def _first_flagged(flags: torch.Tensor, count: int) -> torch.Tensor:
+    """[B, count] indices: each row's flagged positions first, in order (a stable sort), then unflagged ones."""
+    return torch.sort((~flags).to(torch.uint8), dim=1, stable=True).indices[:, :count]
+
+
+def _take(x, index):
+    """x [B, S, ...] rows at index [B, G] → [B, G, ...]."""
+    return x.gather(1, index.view(*index.shape, *(1,) * (x.dim() - 2)).expand(*index.shape, *x.shape[2:]))
 
 
 def _band_mask(num_queries, num_keys, window, device):
@@ -30,10 +88,11 @@ def _attend(q, k, v, allowed, scale):
     return out.flatten(-3, -2).to(q.dtype)
 
 
-def naive_sliding_window_attention(q, k, v, window, scale, key_valid=None):
+def naive_sliding_window_attention(q, k, v, window, scale, key_valid=None, sinks=0):
     """Reference sliding-window attention with an explicit [T, S] mask (O(T·S)).
 
-    o_i = Σ_j softmax_j(scale · q_i · k_j) v_j over P + i − w < j <= P + i with key_valid[b, j].
+    o_i = Σ_j softmax_j(scale · q_i · k_j) v_j over (P + i − w < j <= P + i, or j a sink <= P + i)
+    with key_valid[b, j]; the sinks are the first `sinks` valid keys of the stream.
 
     Args:
         q: [B, T, H, D].
@@ -41,13 +100,18 @@ def naive_sliding_window_attention(q, k, v, window, scale, key_valid=None):
         window: w >= 1.
         scale: score multiplier.
         key_valid: [B, S] bool or None (all valid).
+        sinks: n >= 0 sink keys per sequence.
 
     Returns:
         [B, T, H, D] in q's dtype; queries with no allowed key give 0.
     """
     allowed = _band_mask(q.shape[1], k.shape[1], window, q.device)
-    if key_valid is not None:
-        allowed = allowed & key_valid[:, None, :]
+    if key_valid is None:
+        key_valid = torch.ones(k.shape[:2], dtype=torch.bool, device=k.device)
+    if sinks:
+        causal = _band_mask(q.shape[1], k.shape[1], k.shape[1], q.device)
+        allowed = allowed | (causal & sink_mask(key_valid, sinks)[:, None, :])
+    allowed = allowed & key_valid[:, None, :]
     return _attend(q, k, v, allowed[..., None, None, :, :], scale)
 
 
@@ -62,9 +126,15 @@ def _pair_blocks(x, block):
     return torch.cat([x[:, :-1], x[:, 1:]], dim=2)
 
 
-def _blocked_attention(q, k, v, window, scale, key_valid):
-    """Query block n attends to key blocks n and n + 1 of [w keys before the queries, queries]: one fused SDPA call
-    over all blocks, [B·N, H, w, D] queries against [B·N, Hkv, 2w, D] keys under a [w, 2w] band mask."""
+def _sink_allowed(sinks: Sinks, query_pos: torch.Tensor, window: int) -> torch.Tensor:
+    """[B, Tq, G] bool: a sink is attended where it is valid and left of the query's band (inside it, the band has it)."""
+    return sinks.valid[:, None, :] & (sinks.positions[:, None, :] <= query_pos[None, :, None] - window)
+
+
+def _blocked_attention(q, k, v, window, scale, key_valid, sinks: Sinks | None):
+    """Query block n attends to key blocks n and n + 1 of [w keys before the queries, queries] (and to the G sink
+    keys): one fused SDPA call over all blocks, [B·N, H, w, D] queries against [B·N, Hkv, G + 2w, D] keys under a
+    [w, G + 2w] mask."""
     batch, length = q.shape[:2]
     past = k.shape[1] - length
     start, left, right = max(past - window, 0), max(window - past, 0), -length % window
@@ -73,7 +143,15 @@ def _blocked_attention(q, k, v, window, scale, key_valid):
     band = _band_mask(window, 2 * window, window, q.device)
     allowed = band & _pair_blocks(key_valid, window)[:, :, None, :]
     q_blocks = _pad_time(q, 0, right).unflatten(1, (-1, window)).flatten(0, 1)
-    k_blocks, v_blocks = (_pair_blocks(x, window).flatten(0, 1) for x in (k, v))
+    k_blocks, v_blocks = (_pair_blocks(x, window) for x in (k, v))
+    if sinks is not None:
+        blocks = allowed.shape[1]
+        query_pos = past + torch.arange(blocks * window, device=q.device)
+        sink_allowed = _sink_allowed(sinks, query_pos, window).unflatten(1, (blocks, window))
+        allowed = torch.cat([sink_allowed, allowed], dim=-1)
+        k_blocks, v_blocks = (torch.cat([s[:, None].expand(-1, blocks, *s.shape[1:]), x], dim=2)
+                              for s, x in ((sinks.keys, k_blocks), (sinks.values, v_blocks)))
+    k_blocks, v_blocks = k_blocks.flatten(0, 1), v_blocks.flatten(0, 1)
     # A query whose band holds no valid key (left padding) gets 0 from SDPA, as from the reference.
     out = F.scaled_dot_product_attention(
         *(x.float().transpose(1, 2) for x in (q_blocks, k_blocks, v_blocks)),
@@ -82,12 +160,19 @@ def _blocked_attention(q, k, v, window, scale, key_valid):
     return out.transpose(1, 2).unflatten(0, (batch, -1)).flatten(1, 2)[:, :length].to(q.dtype)
 
 
-def _single_query_attention(q, k, v, scale, key_valid):
-    """Decode step: one query whose window holds every key, as one fused SDPA call (fp32); None when some row
-    has no valid key (the general path then returns 0 for it, where SDPA would give NaN).
+def _single_query_attention(q, k, v, scale, key_valid, sinks: Sinks | None):
+    """Decode step: one query whose window holds every key (and the sinks from before the stream), as one fused
+    SDPA call (fp32); None when some row has no valid key (the general path then returns 0 for it, where SDPA
+    would give NaN).
 
     q: [B, 1, H, D]; k, v: [B, S, Hkv, D] with S <= w; key_valid: [B, S] bool or None.
     """
+    if sinks is not None:
+        if key_valid is None:
+            key_valid = torch.ones(k.shape[:2], dtype=torch.bool, device=k.device)
+        before = sinks.valid & (sinks.positions < 0)
+        k, v = torch.cat([sinks.keys, k], dim=1), torch.cat([sinks.values, v], dim=1)
+        key_valid = torch.cat([before, key_valid], dim=1)
     mask = None
     if key_valid is not None and not bool(key_valid.all()):
         if not bool(key_valid.any(-1).all()):
@@ -99,10 +184,11 @@ def _single_query_attention(q, k, v, scale, key_valid):
     return out.transpose(1, 2).to(q.dtype)
 
 
-def sliding_window_attention(q, k, v, window, scale, key_valid=None):
-    """Sliding-window attention in O(T·w) time and memory (never a [T, S] tensor).
+def sliding_window_attention(q, k, v, window, scale, key_valid=None, sinks: Sinks | None = None):
+    """Sliding-window attention in O(T·(w + G)) time and memory (never a [T, S] tensor).
 
-    o_i = Σ_j softmax_j(scale · q_i · k_j) v_j over P + i − w < j <= P + i with key_valid[b, j].
+    o_i = Σ_j softmax_j(scale · q_i · k_j) v_j over P + i − w < j <= P + i with key_valid[b, j], and over the
+    sink keys left of that band.
 
     Args:
         q: [B, T, H, D].
@@ -110,13 +196,14 @@ def sliding_window_attention(q, k, v, window, scale, key_valid=None):
         window: w >= 1.
         scale: score multiplier.
         key_valid: [B, S] bool or None (all valid).
+        sinks: G sink keys with their positions in the stream (`gather_sinks`), or None.
 
     Returns:
         [B, T, H, D] in q's dtype; queries with no allowed key give 0.
     """
     length = q.shape[1]
     if length == 1 and k.shape[1] <= window:
-        out = _single_query_attention(q, k, v, scale, key_valid)
+        out = _single_query_attention(q, k, v, scale, key_valid, sinks)
         if out is not None:
             return out
     if key_valid is None:
@@ -124,5 +211,11 @@ def sliding_window_attention(q, k, v, window, scale, key_valid=None):
     if length <= window:
         # No query reaches further back than the last T + w − 1 keys, so this band is O(T·w).
         start = max(k.shape[1] - (length + window - 1), 0)
-        return naive_sliding_window_attention(q, k[:, start:], v[:, start:], window, scale, key_valid[:, start:])
-    return _blocked_attention(q, k, v, window, scale, key_valid)
+        k, v, key_valid = k[:, start:], v[:, start:], key_valid[:, start:]
+        allowed = _band_mask(length, k.shape[1], window, q.device) & key_valid[:, None, :]
+        if sinks is not None:
+            query_pos = start + k.shape[1] - length + torch.arange(length, device=q.device)
+            allowed = torch.cat([_sink_allowed(sinks, query_pos, window), allowed], dim=-1)
+            k, v = torch.cat([sinks.keys, k], dim=1), torch.cat([sinks.values, v], dim=1)
+        return _attend(q, k, v, allowed[..., None, None, :, :], scale)
+    return _blocked_attention(q, k, v, window, scale, key_valid, sinks)

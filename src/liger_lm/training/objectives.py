@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..compat import without_cache
+
 OBJECTIVES = ("ce", "kd", "kd+ce", "attn")
 
 
@@ -63,7 +65,7 @@ def attention_transfer(model: nn.Module) -> Iterator[list[torch.Tensor]]:
     def match_softmax(mixer, args, kwargs, output):
         with torch.no_grad(), adapters_disabled(model):
             # Without the cache: the mixer has already advanced its own state for these tokens.
-            target = mixer.softmax_attention(*args, **{**kwargs, "past_key_values": None})[0]
+            target = mixer.softmax_attention(*args, **without_cache(kwargs))[0]
         losses.append(F.mse_loss(output[0].float(), target.float()))
         return (target, *output[1:])
 
