@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -73,30 +74,43 @@ def train(
         raise TrainConfigError("the model is not converted; run liger_lm.convert(model) (or `liger convert`) first")
     started = time.perf_counter()
     stages = lolcats_stages(config) if model.config.liger.get("method") == "lolcats" else [config]
+    # Multi-process runs (`accelerate launch`, torchrun): every process trains, but process 0 alone writes the run
+    # folder's shared files (out/, metrics.jsonl, checkpoint markers, adapter, results) while the others wait, so no
+    # two processes race on one path. Single-process runs: one process, the waits do nothing.
+    processes = _processes()
     # Data first: bad data fails before `out` is created (or, with overwrite, before the old run is deleted).
     stage_data = [training_data(tokenizer, stage) for stage in stages]
-    out = _prepare_out(Path(out), resume, overwrite)
+    out = _prepare_out(Path(out), resume, overwrite, processes)
     history = []
     for stage, data in zip(stages, stage_data):
         name = "transfer" if stage.objective == "attn" and not stage.use_lora else "finetune"
-        model, summary = _run_stage(model, data, stage, out, name, resume, callbacks)
+        model, summary = _run_stage(model, data, stage, out, name, resume, callbacks, processes)
         history.append({"stage": name, **summary})
-    results = _finish(model, tokenizer, stages[-1], out, base_path, history, started)
+    results = _finish(model, tokenizer, stages[-1], out, base_path, history, started, processes)
     if stages[-1].merge:
-        model = _merge(model, tokenizer, out)
+        model = _merge(model, tokenizer, out, processes)
     return TrainResult(model=model, results=results)
 
 
-def _prepare_out(out: Path, resume: bool, overwrite: bool) -> Path:
-    if out.exists() and not (resume or overwrite):
+def _processes() -> PartialState:
+    """The launch's processes: the state `TrainingArguments(use_cpu=…)` sets up, created early for `_prepare_out`."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _prepare_out(out: Path, resume: bool, overwrite: bool, processes: PartialState) -> Path:
+    exists = out.exists()
+    processes.wait_for_everyone()  # all processes look before process 0 creates it (else the others would refuse it)
+    if exists and not (resume or overwrite):
         raise OutputExistsError(f"{out} already exists; pass --resume to continue it, --overwrite to start over")
-    if out.exists() and overwrite and not resume:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if processes.is_main_process:
+        if exists and overwrite and not resume:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    processes.wait_for_everyone()
     return out
 
 
-def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: bool, callbacks):
+def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: bool, callbacks, processes):
     """Train one stage on `data` (from `training_data`); returns the (maybe peft-wrapped) model and a loss summary."""
     set_seed(config.seed)
     if name == "transfer" and (out / "transfer.safetensors").is_file():
@@ -105,28 +119,36 @@ def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: b
     model = _trainable(model, config)
     train_set, eval_set, data_stats = data
     checkpoints = out / "checkpoints" / name
+    start_from = last_complete_checkpoint(checkpoints) if resume else None
+    processes.wait_for_everyone()  # all processes chose start_from before process 0 changes the folder
+    if processes.is_main_process:
+        MetricsLog.truncate(out / "metrics.jsonl", name, step=_step_of(start_from) if start_from else 0)
+        _remove_incomplete(checkpoints)
+    processes.wait_for_everyone()
+    # The held-out loss before training, logged at step 0: by the Trainer (eval_on_start), not a trainer.evaluate()
+    # before trainer.train(): that marks the model as prepared by accelerate, so train() would no longer wrap it in
+    # DistributedDataParallel and the processes of a multi-process run would train apart, unsynchronised.
+    eval_first = start_from is None and len(eval_set) > 0
     trainer = RecoveryTrainer(
         model=model,
-        args=_training_arguments(config, checkpoints, len(eval_set) > 0),
+        args=_training_arguments(config, checkpoints, len(eval_set) > 0, processes.num_processes, eval_first),
         train_dataset=train_set,
         eval_dataset=eval_set if len(eval_set) else None,
         callbacks=[MetricsLog(out / "metrics.jsonl", name), MarkComplete(), *callbacks],
         objective=config.objective,
         kd_temperature=config.kd_temperature,
     )
-    start_from = last_complete_checkpoint(checkpoints) if resume else None
-    MetricsLog.truncate(out / "metrics.jsonl", name, step=_step_of(start_from) if start_from else 0)
-    if start_from is None and len(eval_set):
-        trainer.evaluate()  # the held-out loss before training, logged at step 0
-    before = MetricsLog.first_eval(out / "metrics.jsonl", name)
-    _remove_incomplete(checkpoints)
     output = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
-    after = MetricsLog.last_eval(out / "metrics.jsonl", name)
-    if len(eval_set) and (after is None or after["step"] != trainer.state.global_step):
+    # Decided from the Trainer's own log (the same in every process), not metrics.jsonl (written by process 0 alone):
+    # evaluate() is collective, so a process that skipped it while another ran it would hang.
+    evaluated = [r for r in trainer.state.log_history if "eval_loss" in r]
+    if len(eval_set) and (not evaluated or evaluated[-1].get("step") != trainer.state.global_step):
         trainer.evaluate()  # unless the schedule just evaluated at the last step
-        after = MetricsLog.last_eval(out / "metrics.jsonl", name)
-    if name == "transfer":
+    if name == "transfer" and processes.is_main_process:
         _save_feature_maps(model, out / "transfer.safetensors")
+    processes.wait_for_everyone()  # process 0 has logged every evaluation: all processes read the same losses
+    before = MetricsLog.first_eval(out / "metrics.jsonl", name)
+    after = MetricsLog.last_eval(out / "metrics.jsonl", name)
     return model, {
         "steps": trainer.state.global_step,
         "tokens_seen": int(trainer.state.num_input_tokens_seen),
@@ -160,8 +182,10 @@ def _trainable(model: nn.Module, config: TrainConfig) -> nn.Module:
     return model
 
 
-def _training_arguments(config: TrainConfig, checkpoints: Path, has_eval: bool) -> TrainingArguments:
-    steps = config.max_steps()
+def _training_arguments(
+    config: TrainConfig, checkpoints: Path, has_eval: bool, world_size: int = 1, eval_first: bool = False
+) -> TrainingArguments:
+    steps = config.max_steps(world_size)  # an optimizer step takes a batch from every process: the budget is the total
     return TrainingArguments(
         output_dir=str(checkpoints),
         max_steps=steps,
@@ -175,7 +199,10 @@ def _training_arguments(config: TrainConfig, checkpoints: Path, has_eval: bool) 
         max_grad_norm=config.max_grad_norm,
         optim="adamw_torch",
         bf16=use_bf16(config.precision),
+        # Trainer refuses bf16 without a GPU unless told it is on the CPU ("Your setup doesn't support bf16/gpu").
+        use_cpu=not torch.cuda.is_available(),
         eval_strategy="steps" if has_eval else "no",
+        eval_on_start=eval_first,
         eval_steps=config.eval_every or max(1, steps // 4),
         save_strategy="steps",
         save_steps=config.save_every or max(1, steps // 10),
@@ -183,6 +210,10 @@ def _training_arguments(config: TrainConfig, checkpoints: Path, has_eval: bool) 
         logging_steps=config.log_every,
         include_num_input_tokens_seen="non_padding",
         label_names=["labels"],
+        # Multi-process runs: the attention-transfer loss comes from hooks inside the layers, not from the outputs that
+        # DistributedDataParallel traces for unused parameters, so with that tracing the feature maps would be marked
+        # ready twice (a RuntimeError); every feature map gets its gradient from the loss anyway.
+        ddp_find_unused_parameters=False if config.objective == "attn" else None,
         remove_unused_columns=False,
         dataloader_pin_memory=False,
         disable_tqdm=not config.progress,
@@ -295,6 +326,7 @@ class MarkComplete(TrainerCallback):
     """Writes `COMPLETE` into a checkpoint once the Trainer has saved all of it (model, optimizer, RNG, state)."""
 
     def on_save(self, args, state, control, **kwargs):
+        PartialState().wait_for_everyone()  # every process has written its part (rng_state_<rank>.pth) first
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             (folder / COMPLETE).write_text(str(state.global_step), encoding="utf-8")
@@ -346,11 +378,12 @@ def _load_feature_maps(model: nn.Module, path: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def _finish(model, tokenizer, config: TrainConfig, out: Path, base_path, history, started) -> dict[str, Any]:
-    """Write the adapter (or, without LoRA, nothing more) and train_results.json."""
+def _finish(model, tokenizer, config: TrainConfig, out: Path, base_path, history, started, processes) -> dict[str, Any]:
+    """Write the adapter (or, without LoRA, nothing more) and train_results.json (process 0; the others wait)."""
     if isinstance(model, PeftModel):
         if base_path is not None:
             model.peft_config["default"].base_model_name_or_path = str(Path(base_path).resolve())
+    if isinstance(model, PeftModel) and processes.is_main_process:
         with atomic_directory(out / "adapter", overwrite=True) as staging:
             model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
@@ -365,14 +398,18 @@ def _finish(model, tokenizer, config: TrainConfig, out: Path, base_path, history
         "eval_perplexity_after": last.get("eval_perplexity_after"),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    write_json_atomic(out / "train_results.json", results)
+    if processes.is_main_process:
+        write_json_atomic(out / "train_results.json", results)
+    processes.wait_for_everyone()
     return results
 
 
-def _merge(model, tokenizer, out: Path) -> PreTrainedModel:
-    """Fold LoRA into the weights and save a standalone converted model to `out/merged`."""
+def _merge(model, tokenizer, out: Path, processes: PartialState) -> PreTrainedModel:
+    """Fold LoRA into the weights and save a standalone converted model to `out/merged` (process 0; the others wait)."""
     merged = model.merge_and_unload() if isinstance(model, PeftModel) else model
-    with atomic_directory(out / "merged", overwrite=True) as staging:
-        merged.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+    if processes.is_main_process:
+        with atomic_directory(out / "merged", overwrite=True) as staging:
+            merged.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+    processes.wait_for_everyone()
     return merged
