@@ -173,3 +173,12 @@ def test_single_branch_ablations_decode_consistently(rec_weight, swa_weight):
 def test_new_settings_are_validated(overrides, message):
     with pytest.raises(liger_lm.LigerConfigError, match=message):
         liger_lm.LigerConfig(**overrides)
+
+
+@pytest.mark.parametrize("gate", ["gsa", "mlstm"])
+@torch.no_grad()
+def test_normalize_changes_nothing_for_gates_normalised_already(gate):
+    base, ids = tiny_model("llama"), token_ids()
+    plain = liger_lm.convert(copy.deepcopy(base), gate=gate, window=8, num_slots=6)(ids).logits
+    normalised = liger_lm.convert(copy.deepcopy(base), gate=gate, window=8, num_slots=6, normalize=True)(ids).logits
+    assert torch.equal(plain, normalised)

@@ -221,3 +221,36 @@ def test_bf16_training_runs_on_the_cpu_under_autocast(instruction_file, tmp_path
     losses = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train_losses = [r["loss"] for r in losses if "loss" in r]
     assert sum(train_losses[-3:]) < sum(train_losses[:3])
+
+
+class StopInStage(TrainerCallback):
+    """Stops the stage whose checkpoint folder is `stage` at `step` (as a kill would, after a checkpoint)."""
+
+    def __init__(self, stage: str, step: int) -> None:
+        self.stage, self.step = stage, step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.output_dir.endswith(self.stage) and state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_staged_attention_transfer_then_distillation_and_resume(instruction_file, tmp_path):
+    config = quick(instruction_file, stages=("attn", "kd"), save_every=2)
+    full = train(converted(), tiny_tokenizer(), config, tmp_path / "full")
+    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    for stage in ("1-attn", "2-kd"):
+        losses = [r["loss"] for r in records if r["stage"] == stage and "loss" in r]
+        assert len(losses) == 6 and sum(losses[-2:]) < sum(losses[:2]), (stage, losses)
+        assert (tmp_path / "full" / f"{stage}.safetensors").is_file()
+    assert [s["objective"] for s in full.results["stages"]] == ["attn", "kd"]
+    # Stage 2 trains on the records after those stage 1 used, none of them held out.
+    first, second = (s["data"]["train"]["records"] for s in full.results["stages"])
+    assert first > 0 and second > 0
+
+    train(converted(), tiny_tokenizer(), config, tmp_path / "split", callbacks=[StopInStage("2-kd", 4)])
+    resumed = train(converted(), tiny_tokenizer(), config, tmp_path / "split", resume=True)
+    assert resumed.results["stages"][0]["skipped"] == "finished in an earlier run"
+    assert resumed.results["stages"][1]["resumed_from"].endswith("checkpoint-4")
+    lora = lambda model: [(n, p) for n, p in model.named_parameters() if "lora_" in n]  # noqa: E731
+    for (name, a), (_, b) in zip(lora(full.model), lora(resumed.model)):
+        assert torch.allclose(a, b, atol=1e-5), name

@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .presets import DEFAULT_PRESET
+
 app = typer.Typer(
     help="Linearize pretrained Llama / Mistral / Qwen2 / Qwen3 models with Liger (arXiv 2503.01496).",
     no_args_is_help=True,
@@ -46,35 +48,42 @@ def _layers(text: str) -> list[int]:
         raise typer.BadParameter(f"expected comma-separated layer indices like '0,8,16', got {text!r}") from None
 
 
+PRESET_HELP = "Named recipe (conversion settings and fine-tune): 'paper' is the paper's exact Liger-GLA; the default is the best measured (README: Presets)."
+
+
 @app.command(epilog=_gate_list())
 def convert(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the converted model to.")],
     model: Annotated[str, typer.Option("--model", help=MODEL_HELP)] = "default",
-    method: Annotated[str, typer.Option("--method", help="liger (paper) or lolcats (LoLCATs baseline: learned feature maps, window factor).")] = "liger",
-    gate: Annotated[str, typer.Option("--gate", help=GATE_HELP)] = "gla",
-    window: Annotated[int, typer.Option("--window", help="Sliding-window size w in tokens.")] = 64,
-    rec_weight: Annotated[float, typer.Option("--rec-weight", help="α: weight of the recurrent branch.")] = 0.5,
-    swa_weight: Annotated[float, typer.Option("--swa-weight", help="β: weight of the window branch.")] = 0.5,
-    softmax_layers: Annotated[str, typer.Option("--softmax-layers", help="Layers kept as softmax attention, e.g. '0,8'.")] = "",
-    softmax_every: Annotated[int, typer.Option("--softmax-every", help="Also keep every k-th layer (k−1, 2k−1, …) as softmax; 0 = off.")] = 0,
-    gate_source: Annotated[str, typer.Option("--gate-source", help="Projection the gate is pooled from: k (paper), q or v.")] = "k",
-    num_slots: Annotated[int, typer.Option("--num-slots", help="GSA slots M.")] = 64,
-    gate_lower_bound: Annotated[float, typer.Option("--gate-lower-bound", help="HGRN2 lower bound γ.")] = 0.0,
+    preset: Annotated[str, typer.Option("--preset", help=PRESET_HELP)] = DEFAULT_PRESET,
+    method: Annotated[str | None, typer.Option("--method", help="liger (paper) or lolcats (LoLCATs baseline: learned feature maps, window factor).")] = None,
+    gate: Annotated[str | None, typer.Option("--gate", help=GATE_HELP)] = None,
+    window: Annotated[int | None, typer.Option("--window", help="Sliding-window size w in tokens.")] = None,
+    sinks: Annotated[int | None, typer.Option("--sinks", help="Sink tokens: the window also attends to the first N real tokens.")] = None,
+    normalize: Annotated[bool | None, typer.Option("--normalize/--no-normalize", help="Normalise the recurrent branch by q'·z.")] = None,
+    rec_weight: Annotated[float | None, typer.Option("--rec-weight", help="α: weight of the recurrent branch.")] = None,
+    swa_weight: Annotated[float | None, typer.Option("--swa-weight", help="β: weight of the window branch.")] = None,
+    softmax_layers: Annotated[str | None, typer.Option("--softmax-layers", help="Layers kept as softmax attention, e.g. '0,8'.")] = None,
+    softmax_every: Annotated[int | None, typer.Option("--softmax-every", help="Also keep every k-th layer (k−1, 2k−1, …) as softmax; 0 = off.")] = None,
+    gate_source: Annotated[str | None, typer.Option("--gate-source", help="Projection the gate is pooled from: k (paper), q or v.")] = None,
+    num_slots: Annotated[int | None, typer.Option("--num-slots", help="GSA slots M.")] = None,
+    gate_lower_bound: Annotated[float | None, typer.Option("--gate-lower-bound", help="HGRN2 lower bound γ.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of any newly initialised weights (LoLCATs feature maps).")] = 0,
 ):
     """Convert a model to Liger and save it (safetensors + config); reload with AutoModelForCausalLM."""
     import torch
 
-    from . import LigerConfig, convert as convert_model, load_model
+    from . import convert as convert_model, load_model
     from .io import atomic_directory
     from .models import check_convertible
 
-    settings = LigerConfig(
-        method=method, gate=gate, window=window, rec_weight=rec_weight, swa_weight=swa_weight,
-        softmax_layers=_layers(softmax_layers), softmax_every=softmax_every,
-        gate_source=gate_source, num_slots=num_slots, gate_lower_bound=gate_lower_bound,
+    overrides = dict(
+        method=method, gate=gate, window=window, sinks=sinks, normalize=normalize, rec_weight=rec_weight,
+        swa_weight=swa_weight, softmax_layers=None if softmax_layers is None else _layers(softmax_layers),
+        softmax_every=softmax_every, gate_source=gate_source, num_slots=num_slots, gate_lower_bound=gate_lower_bound,
     )
+    settings = _preset_settings(preset, {name: value for name, value in overrides.items() if value is not None})
     if out.exists() and not overwrite:
         _fail(f"{out} already exists; choose another --out or pass --overwrite")
     check_convertible(model)
@@ -85,7 +94,18 @@ def convert(
     with atomic_directory(out, overwrite=overwrite) as staging:
         liger.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-    console.print(f"[green]saved[/] {'LoLCATs' if method == 'lolcats' else f'Liger-{gate}'} model to {out}")
+    name = "LoLCATs" if settings.method == "lolcats" else f"Liger-{settings.gate}"
+    console.print(f"[green]saved[/] {name} model (preset {preset}) to {out}")
+
+
+def _preset_settings(preset: str, overrides: dict):
+    """The preset's `LigerConfig` with the options the user gave on top."""
+    from .config import LigerConfig
+    from .presets import PRESETS
+
+    if preset not in PRESETS:
+        raise typer.BadParameter(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}", param_hint="--preset")
+    return LigerConfig(**PRESETS[preset].liger).replace(**overrides)
 
 
 @app.command()
@@ -122,9 +142,10 @@ def generate(
 def train(
     model_dir: Annotated[str, typer.Argument(help="A converted model folder (from `liger convert`).")],
     out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics.jsonl, adapter/, merged/.")],
-    data: Annotated[str, typer.Option("--data", help="'default' (BIG-bench instructions), a .json/.jsonl/.txt file or an HF dataset name[:split].")] = "default",
+    data: Annotated[str, typer.Option("--data", help="'default' (BIG-bench instructions), 'prose', 'mix' (both), a .json/.jsonl/.txt file or an HF dataset name[:split].")] = "default",
     max_tokens: Annotated[str, typer.Option("--max-tokens", help="Token budget, e.g. 2M, 500k or 300000.")] = "2M",
     objective: Annotated[str, typer.Option("--objective", help="ce (paper), kd, kd+ce or attn (attention transfer).")] = "ce",
+    stages: Annotated[str, typer.Option("--stages", help="Objectives run one after another on one adapter, e.g. 'attn,kd' (overrides --objective; the budget is split evenly).")] = "",
     seq_len: Annotated[int, typer.Option("--seq-len", min=2, help="Packed sequence length.")] = 1024,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Sequences per device per micro-step.")] = 1,
     grad_accum: Annotated[int, typer.Option("--grad-accum", min=1, help="Micro-steps per optimizer step.")] = 8,
@@ -151,6 +172,7 @@ def train(
         batch_size=batch_size, grad_accum=grad_accum, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha,
         lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()), eval_records=eval_records,
         save_every=save_every, precision=precision, seed=seed, merge=merge, prompt_loss=prompt_loss,
+        stages=tuple(name for name in stages.split(",") if name.strip()),
     ).validate()
     if out.exists() and not (resume or overwrite):
         _fail(f"{out} already exists; pass --resume to continue it or --overwrite to start over")
@@ -189,11 +211,12 @@ def _count(text: str, option: str) -> int:
 def run(
     out: Annotated[Path, typer.Option("--out", help="Run folder: model/, train/, eval/, report.md, results.json, recovery.png.")] = Path("runs/default"),
     model: Annotated[str, typer.Option("--model", help=MODEL_HELP)] = "default",
-    method: Annotated[str, typer.Option("--method", help="liger (paper) or lolcats (baseline).")] = "liger",
-    gate: Annotated[str, typer.Option("--gate", help=GATE_HELP)] = "gla",
-    window: Annotated[int, typer.Option("--window")] = 64,
+    preset: Annotated[str, typer.Option("--preset", help=PRESET_HELP)] = DEFAULT_PRESET,
+    method: Annotated[str | None, typer.Option("--method", help="liger (paper) or lolcats (baseline).")] = None,
+    gate: Annotated[str | None, typer.Option("--gate", help=GATE_HELP)] = None,
+    window: Annotated[int | None, typer.Option("--window")] = None,
     budget: Annotated[str, typer.Option("--budget", help="tiny (smoke test), default (~15–20 min on a 2-core CPU) or paper (20 M tokens).")] = "default",
-    data: Annotated[str, typer.Option("--data", help="Fine-tuning data: 'default' (BIG-bench instructions), a local file or an HF dataset.")] = "default",
+    data: Annotated[str | None, typer.Option("--data", help="Fine-tuning data: the preset's by default; 'default' (BIG-bench instructions), 'prose', 'mix', a local file or an HF dataset.")] = None,
     tasks: Annotated[str, typer.Option("--tasks", help="'default' (suite at the budget's size) or 'name[=size],…' (names or .jsonl files).")] = "default",
     seed: Annotated[int, typer.Option("--seed")] = 0,
     precision: Annotated[str, typer.Option("--precision", help="Fine-tune precision: auto (bf16 where the hardware runs it natively), fp32 or bf16.")] = "auto",
@@ -201,12 +224,12 @@ def run(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of reusing finished steps in --out.")] = False,
 ):
     """The whole pipeline: load → convert → fine-tune → evaluate base and Liger → recovery report (reuses finished steps)."""
-    from .config import LigerConfig
     from .evaluate import parse_task_spec
     from .run import RunOptions, main_job
 
+    overrides = {name: value for name, value in dict(method=method, gate=gate, window=window).items() if value is not None}
     options = RunOptions(
-        model=model, out=out, liger=LigerConfig(method=method, gate=gate, window=window), budget=budget, data=data,
+        model=model, out=out, preset=preset, liger=_preset_settings(preset, overrides), budget=budget, data=data,
         tasks=None if tasks == "default" else parse_task_spec(tasks), seed=seed, precision=precision,
         max_new_tokens=max_new_tokens,
         overwrite=overwrite,

@@ -16,7 +16,10 @@ FEATURE_MAPS = {
     "softmax": "softmax over the head dimension, no parameters (paper default)",
 }
 
-SELF_NORMALISED_GATES = ("gsa", "mlstm")  # softmax over slots / own normaliser state
+COMBINES = {
+    "sum": "α·o_rec + β·o_swa (the paper)",
+    "shared": "the recurrent branch holds what left the window and shares the window's softmax normaliser",
+}
 
 CONFIG_FORMAT_VERSION = 1
 
@@ -48,7 +51,13 @@ class LigerConfig:
     sinks:           the window branch also attends to the first `sinks` real tokens of each sequence
                      (StreamingLLM); 0 = the paper. Liger only.
     normalize:       divide the recurrent branch by q'·z_t, z_t = a_t ⊙ z_{t−1} + k'_t (a decayed average of values,
-                     as attention is); False = the paper. Not for gsa / mlstm, which normalise already.
+                     as attention is); False = the paper. gsa (softmax over slots) and mlstm (own normaliser
+                     state) are normalised already: for them it changes nothing.
+    combine:         how the branches meet. "sum" (the paper): α·o_rec + β·o_swa. "shared": the recurrent branch
+                     holds only the tokens that left the window (and are no sinks), and shares the window's softmax
+                     normaliser: o = (Σ_win e^s v + e^ω φ(q)S_old) / (Σ_win e^s + e^ω φ(q)z_old), ω a learned logit
+                     per head (docs/method.md §1.2); α and β are not used, rec_weight = 0 still turns it off.
+    rec_logit_init:  "shared": initial ω (e^ω weighs the recurrent pseudo-key against the window's scores).
     """
 
     gate: str = "gla"
@@ -68,6 +77,8 @@ class LigerConfig:
     window_factor_init: float = -2.197
     sinks: int = 0
     normalize: bool = False
+    combine: str = "sum"
+    rec_logit_init: float = 0.0
 
     def __post_init__(self) -> None:
         self.softmax_layers = sorted(set(int(i) for i in self.softmax_layers))
@@ -87,13 +98,16 @@ class LigerConfig:
             raise LigerConfigError(f"sinks must be an integer ≥ 0, got {self.sinks!r}")
         if self.sinks and self.method != "liger":
             raise LigerConfigError(f"sinks are a setting of the liger method, not {self.method!r}; set sinks=0")
+        _check_choice("combine", self.combine, COMBINES)
+        if self.combine == "shared" and (self.method != "liger" or self.gate_source != "k" or self.gate == "rwkv6"):
+            raise LigerConfigError("combine='shared' needs method='liger', gate_source='k' (the recurrence reads the "
+                                   "raw keys of the tokens leaving the window) and a gate other than rwkv6 (whose "
+                                   "bonus term reads the current token); choose another gate or combine='sum'")
+        if not isinstance(self.rec_logit_init, (int, float)) or isinstance(self.rec_logit_init, bool) \
+                or not math.isfinite(self.rec_logit_init):
+            raise LigerConfigError(f"rec_logit_init must be a finite number, got {self.rec_logit_init!r}")
         if not isinstance(self.normalize, bool):
             raise LigerConfigError(f"normalize must be true or false, got {self.normalize!r}")
-        if self.normalize and self.gate in SELF_NORMALISED_GATES:
-            raise LigerConfigError(
-                f"normalize does not apply to the {self.gate} gate, whose output is normalised already; "
-                "leave normalize off"
-            )
         if isinstance(self.softmax_every, bool) or not isinstance(self.softmax_every, int) or self.softmax_every < 0:
             raise LigerConfigError(f"softmax_every must be an integer ≥ 0, got {self.softmax_every!r}")
         if not 0 <= self.gate_lower_bound < 1:

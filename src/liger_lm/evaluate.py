@@ -294,6 +294,71 @@ def text_perplexity(
     return result.ppl, result.tokens
 
 
+POSITION_BUCKETS = (64, 1024)  # token positions 0–64, 64–1,024, 1,024 and later (of a long context)
+
+
+@torch.no_grad()
+def token_nll(model: PreTrainedModel, ids: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """Next-token NLL (nats) of every position but the last: ids [N, L] → [N, L − 1].
+
+    The LM head runs on `chunk` positions at a time, so a 4K-token window never holds all its logits at once.
+    """
+    hidden = model.model(input_ids=ids.to(model.device), use_cache=False).last_hidden_state[:, :-1]
+    targets = ids[:, 1:].to(model.device)
+    pieces = []
+    for start in range(0, hidden.shape[1], chunk):
+        logits = model.lm_head(hidden[:, start : start + chunk]).float()
+        pieces.append(-F.log_softmax(logits, -1).gather(-1, targets[:, start : start + chunk, None])[..., 0])
+    return torch.cat(pieces, dim=1).double().cpu()
+
+
+def prose_perplexity(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    tokens: int = 16_384,
+    context: int = 1_024,
+    long_context: int = 4_096,
+    batch_size: int = 4,
+) -> dict:
+    """Held-out perplexity of `text`, with its standard error, and by position within long contexts.
+
+    The first `tokens` scored tokens are cut into independent windows of `context` + 1 tokens (each scores its
+    `context` next tokens from a fresh start); ppl = exp(mean NLL), and `nll_se` is the standard error of that mean
+    over the windows (so ppl · exp(±2·nll_se) is a ~95 % interval). The same text is then read in windows of
+    `long_context` + 1 tokens, and `by_position` gives the perplexity of the tokens at positions 0–64, 64–1,024 and
+    1,024–`long_context` of those windows: a model that forgets or breaks past its training length shows it there.
+    """
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    needed = max(tokens // context * (context + 1), tokens // long_context * (long_context + 1))
+    if len(ids) < needed:
+        raise EvaluationError(f"the evaluation text has {len(ids)} tokens, fewer than the {needed} needed; "
+                              "give a longer text or fewer tokens")
+    short = torch.tensor(ids[: tokens // context * (context + 1)]).view(-1, context + 1)
+    window_nll = torch.cat([token_nll(model, rows) for rows in short.split(batch_size)]).mean(1)
+    mean, se = window_nll.mean().item(), (window_nll.std() / math.sqrt(len(window_nll))).item()
+    long = torch.tensor(ids[: tokens // long_context * (long_context + 1)]).view(-1, long_context + 1)
+    by_token = torch.cat([token_nll(model, rows) for rows in long.split(1)]).mean(0)
+    edges = (0, *POSITION_BUCKETS, long_context)
+    by_position = {f"{lo}-{hi}": round(math.exp(by_token[lo:hi].mean().item()), 3) for lo, hi in zip(edges, edges[1:])}
+    return {"ppl": round(math.exp(mean), 3), "nll": round(mean, 5), "nll_se": round(se, 5), "tokens": len(window_nll) * context,
+            "context": context, "long_context": long_context, "by_position": by_position,
+            "window_nll": [round(x, 5) for x in window_nll.tolist()]}
+
+
+def perplexity_ratio(model_result: dict, base_result: dict) -> dict:
+    """ppl(model) / ppl(base) on the same windows (`prose_perplexity` results), with the standard error of the log
+    ratio from the paired per-window differences (much smaller than either perplexity's own error)."""
+    diffs = torch.tensor(model_result["window_nll"]) - torch.tensor(base_result["window_nll"])
+    se = (diffs.std() / math.sqrt(len(diffs))).item() if len(diffs) > 1 else float("nan")
+    return {"ratio": round(math.exp(diffs.mean().item()), 4), "log_ratio_se": round(se, 4)}
+
+
+def accuracy_standard_error(accuracy: float, n: int) -> float:
+    """Binomial standard error of an accuracy measured on n examples."""
+    return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / n) if n else float("nan")
+
+
 def read_source_text(source: str) -> str:
     """Text of a local file, or of `hf:<dataset>[:<config>]:<split>[:<column>]` (rows joined by blank lines).
 

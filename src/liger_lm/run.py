@@ -1,10 +1,13 @@
 """The main job (`liger run` / `make run`): load → convert → fine-tune → evaluate base and Liger → report.
 
-The run folder holds one output per step, each written atomically, and `run.json` with the settings:
+Conversion and fine-tune follow a named preset (`liger_lm.presets`; `paper` is the paper's recipe). The run folder
+holds one output per step, each written atomically, and `run.json` with the settings:
     model/               the converted (untrained) model                      step 1, convert
     train/               the fine-tune (checkpoints, metrics.jsonl, adapter/)  step 2, train (resumable)
     eval/base.json       task scores of the base model                        step 3, evaluate
     eval/liger.json      task scores of the fine-tuned Liger model
+    eval/prose.json      held-out prose perplexity of base, untrained and fine-tuned Liger (and its recurrent
+                         branch zeroed), overall and by position in 4K-token contexts
     results.json, report.md, recovery.png                                     step 4, report
 Running again with the same settings reuses every finished step (and resumes an interrupted fine-tune);
 different settings are refused unless `overwrite`.
@@ -16,20 +19,26 @@ import copy
 import gc
 import json
 import logging
+import math
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
+from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from . import __version__
 from .compat import with_cache
 from .config import LigerConfig
 from .convert import convert
-from .evaluate import evaluate_suite, recovery, sample_text, text_perplexity
+from .data.prose import held_out_prose
+from .evaluate import accuracy_standard_error, evaluate_suite, perplexity_ratio, prose_perplexity, recovery
+from .modeling.attention import LinearizedAttention
+from .presets import DEFAULT_PRESET, PRESETS
 from .generation import generate_text
 from .hardware import environment
 from .io import OutputExistsError, atomic_directory, write_json_atomic, write_text_atomic
@@ -57,10 +66,13 @@ class Budget:
     eval_records: int  # held-out instruction records for the fine-tune's eval loss
     eval_examples: int | None  # per task; None: the task's DEFAULT_SUITE size
     prompt_loss: bool = False  # train on prompts too (more signal per token on short-answer data)
+    prose_tokens: int = 16_384  # held-out prose tokens scored (windows of 1,024; by position in windows of 4,096)
 
-    def train_config(self, data: str, seed: int, precision: str = "auto") -> TrainConfig:
+    def train_config(self, data: str, seed: int, precision: str = "auto", **recipe: Any) -> TrainConfig:
+        """The fine-tune's settings: this budget's sizes, then the preset's `recipe` (stages, LoRA, learning rate)."""
         return TrainConfig(data=data, max_tokens=self.train_tokens, seq_len=self.seq_len, grad_accum=self.grad_accum,
-                           eval_records=self.eval_records, seed=seed, prompt_loss=self.prompt_loss, precision=precision)
+                           eval_records=self.eval_records, seed=seed, prompt_loss=self.prompt_loss,
+                           precision=precision).replace(**recipe)
 
 
 # "default" fits `make run` in about 15–20 minutes on a 2-core CPU with the default model (README has the timing).
@@ -68,7 +80,7 @@ class Budget:
 # small needs the signal; the held-out loss is still measured on answers only. "paper" is the paper's recipe
 # (20 M tokens of 8 × 1024, answers only); "tiny" is a smoke test.
 BUDGETS = {
-    "tiny": Budget(train_tokens=512, seq_len=64, grad_accum=2, eval_records=4, eval_examples=8),
+    "tiny": Budget(train_tokens=512, seq_len=64, grad_accum=2, eval_records=4, eval_examples=8, prose_tokens=0),
     "default": Budget(train_tokens=65_536, seq_len=512, grad_accum=4, eval_records=16, eval_examples=60,
                       prompt_loss=True),
     "paper": Budget(train_tokens=20_000_000, seq_len=1024, grad_accum=8, eval_records=256, eval_examples=None),
@@ -79,9 +91,10 @@ BUDGETS = {
 class RunOptions:
     model: str = "default"
     out: Path = Path("runs/default")
-    liger: LigerConfig = field(default_factory=LigerConfig)
+    preset: str = DEFAULT_PRESET
+    liger: LigerConfig | None = None  # None: the preset's conversion settings
     budget: str = "default"
-    data: str = "default"
+    data: str | None = None  # None: the preset's training data
     tasks: dict[str, int | None] | None = None  # None: the default suite at the budget's size
     seed: int = 0
     precision: str = "auto"  # of the fine-tune: "auto" (bf16 where the hardware runs it natively), "fp32" or "bf16"
@@ -89,11 +102,24 @@ class RunOptions:
     max_new_tokens: int = 32
     overwrite: bool = False
 
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.liger is None:
+            self.liger = LigerConfig(**PRESETS[self.preset].liger)
+        if self.data is None:
+            self.data = PRESETS[self.preset].data
+
+    def train_config(self) -> TrainConfig:
+        budget = BUDGETS[self.budget]
+        return budget.train_config(self.data, self.seed, self.training_precision(), **PRESETS[self.preset].train)
+
     def settings(self) -> dict[str, Any]:
         """What the outputs depend on (compared with `run.json` to decide what can be reused)."""
         settings = {
-            "model": self.model, "liger": self.liger.to_dict(), "budget": asdict(BUDGETS[self.budget]),
-            "data": self.data, "tasks": self.task_sizes(), "seed": self.seed, "precision": self.training_precision(),
+            "model": self.model, "preset": self.preset, "liger": self.liger.to_dict(),
+            "budget": asdict(BUDGETS[self.budget]), "training": self.train_config().to_dict(), "data": self.data,
+            "tasks": self.task_sizes(), "seed": self.seed, "precision": self.training_precision(),
         }
         return json.loads(json.dumps(settings))  # as stored in run.json
 
@@ -123,6 +149,7 @@ def main_job(options: RunOptions, log: Callable[[str], None] = logging.getLogger
         "liger_lm_version": __version__,
         "model": options.model,
         "model_note": DEFAULT_MODEL_NOTE if options.model == "default" else "",
+        "preset": options.preset,
         "liger": options.liger.to_dict(),
         "budget": {"name": options.budget, **asdict(BUDGETS[options.budget])},
         "precision": options.training_precision(),
@@ -132,9 +159,10 @@ def main_job(options: RunOptions, log: Callable[[str], None] = logging.getLogger
     results["training"] = steps.train()
     results["scores"] = steps.evaluate()
     results["recovery"] = recovery(results["scores"]["base"], results["scores"]["liger"])
-    results["perplexity_sample_text"] = steps.perplexities()
+    results["prose"] = steps.prose()
     results["generations"] = steps.generations()
     results["cache_bytes"] = steps.cache_bytes()
+    results["warnings"] = findings(results)
     results["seconds"] = {**steps.seconds, "this_invocation": round(time.perf_counter() - started, 1)}
     plot_recovery(results["scores"]["base"], results["scores"]["liger"], out / "recovery.png",
                   base_name="base", converted_name=f"Liger-{options.liger.gate} + LoRA")
@@ -225,10 +253,10 @@ class _Steps:
         if done.is_file():
             self.log(f"reusing the fine-tune in {folder}")
             return json.loads(done.read_text(encoding="utf-8"))
-        config = BUDGETS[self.options.budget].train_config(self.options.data, self.options.seed,
-                                                           self.options.training_precision())
+        config = self.options.train_config()
         resume = folder.exists()
-        self.log(f"{'resuming' if resume else 'fine-tuning'}: {config.max_tokens:,} tokens, "
+        stages = " → ".join(stage.objective for stage in config.validate().stages) or config.objective
+        self.log(f"{'resuming' if resume else 'fine-tuning'} ({stages}): {config.max_tokens:,} tokens, "
                  f"{config.max_steps()} steps of {config.grad_accum} × {config.seq_len} …")
         model = copy.deepcopy(self.untrained())
         result = self._timed("train", lambda: train(
@@ -253,13 +281,30 @@ class _Steps:
             write_json_atomic(path, scores[role])
         return scores
 
-    def perplexities(self) -> dict[str, Any]:
-        text = sample_text()
+    def prose(self) -> dict[str, Any]:
+        """Held-out prose perplexity (`prose_perplexity`) of each model, and the ratios to the base model."""
+        tokens = BUDGETS[self.options.budget].prose_tokens
+        if not tokens:
+            return {}
+        path = self.out / "eval" / "prose.json"
+        if path.is_file():
+            self.log(f"reusing {path}")
+            return json.loads(path.read_text(encoding="utf-8"))
+        text = held_out_prose()
+        models = {"base": self.base, "liger_untrained": self.untrained, "liger": self.trained}
         values = {}
-        for name, model in (("base", self.base), ("liger_untrained", self.untrained), ("liger", self.trained)):
-            values[name], tokens = text_perplexity(model(), self.tokenizer(), text)
-            values[name] = round(values[name], 2)
-        return {"tokens": tokens, **values}
+        for name, model in models.items():
+            self.log(f"held-out prose perplexity of the {name} model ({tokens:,} tokens) …")
+            values[name] = self._timed(f"prose_{name}", lambda: prose_perplexity(model(), self.tokenizer(), text, tokens))
+        if self.options.liger.rec_weight and self.options.liger.swa_weight:
+            self.log("… and with its recurrent branch zeroed (is it used?) …")
+            with recurrent_branch_off(self.trained()):
+                values["liger_recurrent_off"] = prose_perplexity(self.trained(), self.tokenizer(), text, tokens)
+        ratios = {name: perplexity_ratio(result, values["base"]) for name, result in values.items() if name != "base"}
+        prose = {"source": "Quoref Wikipedia passages (BIG-bench NI subtasks 001-002), never trained on",
+                 **values, "ratio_to_base": ratios}
+        write_json_atomic(path, prose)
+        return prose
 
     def generations(self) -> list[dict[str, str]]:
         prompts, limit = self.options.prompts, self.options.max_new_tokens
@@ -288,38 +333,75 @@ class _Steps:
         return value
 
 
+@contextmanager
+def recurrent_branch_off(model: nn.Module) -> Iterator[None]:
+    """Inside the block every Liger mixer runs with rec_weight = 0 (the ablation: α·0 + β·o_swa)."""
+    mixers = [m for m in model.modules() if isinstance(m, LinearizedAttention)]
+    saved = [m.liger for m in mixers]
+    for mixer in mixers:
+        mixer.liger = mixer.liger.replace(rec_weight=0.0)
+    try:
+        yield
+    finally:
+        for mixer, config in zip(mixers, saved):
+            mixer.liger = config
+
+
+def findings(results: dict[str, Any]) -> list[str]:
+    """What looks broken in a run, in words: empty answers, a cache that does not hold anything, a perplexity far
+    above the base model's, a recurrent branch that nothing depends on."""
+    found = []
+    for item in results["generations"]:
+        if not item["liger"].strip():
+            found.append(f"the Liger model answered {item['prompt']!r} with an empty string")
+    for length, size in results["cache_bytes"]["liger"].items():
+        if size <= 0:
+            found.append(f"the Liger decode cache after {length} tokens holds 0 bytes")
+    ratios = results.get("prose", {}).get("ratio_to_base", {})
+    if ratios.get("liger", {}).get("ratio", 0) > 2:
+        found.append(f"held-out perplexity is {ratios['liger']['ratio']:.2f}× the base model's (above 2×)")
+    if "liger_recurrent_off" in ratios:
+        on, off = ratios["liger"], ratios["liger_recurrent_off"]
+        if off["ratio"] <= on["ratio"] * 1.01:
+            found.append(f"zeroing the recurrent branch does not hurt (× base {on['ratio']} → {off['ratio']}): "
+                         "the trained model does not use it")
+    return found
+
+
 def render_report(results: dict[str, Any]) -> str:
     """The Markdown report of a run."""
-    liger, training, rec = results["liger"], results["training"], results["recovery"]
-    ppl, sec = results["perplexity_sample_text"], results["seconds"]
+    liger, training, rec, sec = results["liger"], results["training"], results["recovery"], results["seconds"]
+    config = training["config"]
+    stages = " → ".join(stage["objective"] for stage in config["stages"]) or config["objective"]
     lines = [
         "# liger-lm run",
         "",
         f"- model: {results['model']}" + (f" ({results['model_note']})" if results["model_note"] else ""),
-        f"- conversion: gate={liger['gate']}, window={liger['window']}, α={liger['rec_weight']}, "
-        f"β={liger['swa_weight']}, softmax layers={liger['softmax_layers'] or 'none'}; "
-        f"{results['conversion']['parameters']:,} parameters (none added)",
-        f"- fine-tune: {training['tokens_trained']:,} tokens (budget '{results['budget']['name']}'), LoRA "
-        f"r={training['config']['lora_r']} on {', '.join(training['config']['lora_targets'])}, "
-        f"objective {training['config']['objective']}; held-out loss {training['eval_loss_before']} → "
-        f"{training['eval_loss_after']}",
+        f"- preset `{results['preset']}`: gate={liger['gate']}, window={liger['window']}, sinks={liger['sinks']}, "
+        f"normalize={liger['normalize']}, α={liger['rec_weight']}, β={liger['swa_weight']}, softmax layers="
+        f"{liger['softmax_layers'] or 'none'}; {results['conversion']['parameters']:,} parameters (none added)",
+        f"- fine-tune: {training['tokens_trained']:,} tokens (budget '{results['budget']['name']}', "
+        f"{results['precision']}), {stages}, LoRA r={config['lora_r']} on {', '.join(config['lora_targets'])}; "
+        f"held-out answer loss {training['eval_loss_before']} → {training['eval_loss_after']}",
         "- time of this invocation (s): " + ", ".join(f"{k} {v}" for k, v in sec.items()),
         "",
+    ]
+    if results["warnings"]:
+        lines += ["## What looks wrong", "", *(f"- **{warning}**" for warning in results["warnings"]), ""]
+    if results["prose"]:
+        lines += _prose_section(results["prose"])
+    lines += [
         f"## Zero-shot tasks ({rec['metric']}, ×100): recovery {rec['average']:.1f} %",
         "",
         recovery_table_markdown(results["scores"]["base"], results["scores"]["liger"], base_name="base",
-                                converted_name="Liger + LoRA"),
+                                converted_name="Liger"),
+        _standard_errors(results["scores"], rec["metric"]),
+        "",
         "For comparison, the paper (different, larger models and tasks; 0.02 B training tokens):",
         "",
         "| model | base avg | Liger avg | recovery % |",
         "|---|---:|---:|---:|",
         *(f"| {name} | {b} | {c} | {100 * c / b:.1f} |" for name, b, c in PAPER_RESULTS),
-        "",
-        f"## Perplexity of the package sample text ({ppl['tokens']} tokens)",
-        "",
-        "| base | Liger before fine-tuning | Liger after |",
-        "|---:|---:|---:|",
-        f"| {ppl['base']} | {ppl['liger_untrained']} | {ppl['liger']} |",
         "",
         "## Decode cache per sequence",
         "",
@@ -333,6 +415,42 @@ def render_report(results: dict[str, Any]) -> str:
     for item in results["generations"]:
         lines += [f"**Prompt:** {item['prompt']}", "", f"- base: {item['base']!r}", f"- Liger: {item['liger']!r}", ""]
     return "\n".join(lines)
+
+
+PROSE_ROWS = {"base": "base (softmax attention)", "liger_untrained": "Liger, before fine-tuning",
+              "liger": "Liger, fine-tuned", "liger_recurrent_off": "Liger, fine-tuned, recurrent branch zeroed"}
+
+
+def _prose_section(prose: dict[str, Any]) -> list[str]:
+    base = prose["base"]
+    lines = [
+        f"## Held-out prose perplexity ({base['tokens']:,} tokens in windows of {base['context']:,}; "
+        f"by position in windows of {base['long_context']:,})",
+        "",
+        f"{prose['source']}. × base is paired over the same windows, ± one standard error.",
+        "",
+        "| model | perplexity | × base | " + " | ".join(f"positions {span}" for span in base["by_position"]) + " |",
+        "|---|---:|---:|" + "---:|" * len(base["by_position"]),
+    ]
+    for name, label in PROSE_ROWS.items():
+        if name not in prose:
+            continue
+        result, ratio = prose[name], prose["ratio_to_base"].get(name)
+        times = "1" if ratio is None else f"{ratio['ratio']:.3f} (× e^±{ratio['log_ratio_se']:.3f})"
+        lines.append(f"| {label} | {result['ppl']:.2f} | {times} | "
+                     + " | ".join(f"{value:.2f}" for value in result["by_position"].values()) + " |")
+    return lines + [""]
+
+
+def _standard_errors(scores: dict[str, dict[str, dict]], metric: str) -> str:
+    """One line: the binomial standard error of each model's average score (points)."""
+    parts = []
+    for role, by_task in scores.items():
+        errors = [accuracy_standard_error(score[metric], score["n"]) for score in by_task.values()]
+        average = math.sqrt(sum(e * e for e in errors)) / len(errors) if errors else float("nan")
+        parts.append(f"{role} ±{100 * average:.1f}")
+    sizes = ", ".join(f"{task} {score['n']}" for task, score in scores["base"].items())
+    return f"Standard error of the average (binomial, points): {', '.join(parts)}; examples per task: {sizes}."
 
 
 def _mb(num_bytes: int) -> str:

@@ -54,8 +54,11 @@ EVAL_SUBTASKS: dict[str, tuple[str, ...]] = {
 # in 031-035, QASC questions of 042 in 038-041, every science question of 047 in 043-044 and some in 045), so
 # training on any of them would leak test items. The default training set excludes all of 029-045.
 SAME_SOURCE_SUBTASKS: tuple[str, ...] = tuple(f"subtask{i:03d}" for i in range(31, 46) if i != 42)
+# Quoref's Wikipedia passages (001-002) are the held-out evaluation prose (`liger_lm.data.prose`).
+HELD_OUT_PROSE_SUBTASKS: tuple[str, ...] = ("subtask001", "subtask002")
 TRAINING_EXCLUDED_SUBTASKS: frozenset[str] = frozenset(
     [prefix for prefixes in EVAL_SUBTASKS.values() for prefix in prefixes] + list(SAME_SOURCE_SUBTASKS)
+    + list(HELD_OUT_PROSE_SUBTASKS)
 )
 
 

@@ -1,6 +1,8 @@
 """Instruction records for recovery fine-tuning: `{"instruction", "input", "output"}` (Alpaca fields) or `{"text"}`.
 
 Sources (`load_instruction_records(source)`):
+- `"prose"`: the training prose of `liger_lm.data.prose` as `{"text"}` records; `"mix"`: `"default"` and `"prose"`
+  shuffled together;
 - `"default"`: every example of the BIG-bench Natural Instructions subtasks except the evaluation subtasks and those
   built from the same questions (`TRAINING_EXCLUDED_SUBTASKS`); instruction = the subtask's "Definition:" paragraph,
   input = the example input, output = its first reference answer. Examples whose input + output exceed
@@ -24,6 +26,7 @@ from typing import Any
 
 from .bigbench import EVAL_SUBTASKS, TRAINING_EXCLUDED_SUBTASKS, natural_instruction_subtasks, read_task_json
 from .errors import DataError
+from .prose import training_prose_records
 
 __all__ = ["EVAL_SUBTASKS", "MAX_EXAMPLE_CHARS", "TEXT_CHUNK_CHARS", "TRAINING_EXCLUDED_SUBTASKS",
            "default_instruction_records", "load_instruction_records", "normalize_record", "text_chunks"]
@@ -40,8 +43,8 @@ def load_instruction_records(source: str, limit: int | None = None, seed: int = 
     """Records of `source` (see the module docstring), shuffled with `seed` and cut to the first `limit`."""
     if limit is not None and limit <= 0:
         raise DataError(f"limit must be a positive number of records (or None for all), got {limit}")
-    if source == "default":
-        records = default_instruction_records()
+    if source in BUILTIN_SOURCES:
+        records = BUILTIN_SOURCES[source]()
     elif source.lower().endswith(LOCAL_SUFFIXES):
         records = _local_records(Path(source).expanduser())
     elif Path(source).expanduser().is_file():
@@ -68,6 +71,13 @@ def default_instruction_records() -> list[dict[str, str]]:
             if output and len(text_input) + len(output) <= MAX_EXAMPLE_CHARS:
                 records.append({"instruction": definition, "input": text_input, "output": output})
     return records
+
+
+def _mixed_records() -> list[dict[str, str]]:
+    return default_instruction_records() + training_prose_records()
+
+
+BUILTIN_SOURCES = {"default": default_instruction_records, "prose": training_prose_records, "mix": _mixed_records}
 
 
 def task_definition(description: str) -> str:

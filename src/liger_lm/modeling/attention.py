@@ -23,7 +23,7 @@ from ..config import LigerConfig
 from .adapters import ArchitectureAdapter
 from .cache import LigerCacheLayer, liger_cache_layer
 
-WindowStream = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # keys, values [B, S, H_kv, D], validity [B, S]
+WindowStream = tuple[torch.Tensor, ...]  # keys, values [B, S, H_kv, D], validity [B, S] (+ raw keys [B, S, H_kv, D])
 
 
 class LinearizedAttention(nn.Module):
@@ -61,8 +61,7 @@ class LinearizedAttention(nn.Module):
         valid = token_validity(attention_mask, length)
         out, state, window = self.mix(q, k, v, valid, position_embeddings, cache)
         if cache is not None:
-            cache.advance(state, *(window or (None, None, None)), new_tokens=length, window=self.liger.window,
-                          sinks=self.liger.sinks)
+            cache.advance(state, window, new_tokens=length, window=self.liger.window, sinks=self.liger.sinks)
         return self.o_proj(out.to(hidden_states.dtype).reshape(batch, length, -1)), None
 
     def mix(
@@ -83,7 +82,8 @@ class LinearizedAttention(nn.Module):
 
         Returns:
             the mixed output [B, T, H, D], the new recurrent state (or None) and the window stream to keep
-            (keys, values, validity over buffer + current tokens; None: no window branch).
+            (keys, values, validity over buffer + current tokens, optionally their raw keys; None: no window
+            branch).
         """
         raise NotImplementedError
 

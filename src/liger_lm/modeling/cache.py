@@ -4,6 +4,7 @@ A Liger layer keeps, per sequence:
   * the fp32 recurrent state(s), e.g. S [B, H, K, V] (GSA keeps two);
   * a rolling buffer of the last `window − 1` RoPE'd keys and values  [B, L, H_kv, D]  (L ≤ window − 1),
     with a validity flag per buffered token  [B, L]  so that left padding never becomes attendable;
+  * with `combine="shared"`: the same buffer's keys before RoPE (the recurrence reads them when they leave it);
   * with `sinks` = n: the RoPE'd keys and values of the first n real tokens once they have left that buffer
     [B, n, H_kv, D] (+ validity [B, n]), and how many real tokens have left it per row [B];
   * the number of tokens seen (positions for generate(), counted in tokens, not heads).
@@ -32,6 +33,7 @@ class LigerCacheLayer(CacheLayerMixin):
         super().__init__()
         self.state: tuple[torch.Tensor, ...] | None = None  # one or more fp32 recurrent states
         self.key_valid: torch.Tensor | None = None
+        self.raw_keys: torch.Tensor | None = None  # the buffer's keys before RoPE (`combine="shared"` only)
         self.sinks: Sinks | None = None  # sink keys that left the window buffer (positions BEFORE_STREAM)
         self.real_dropped: torch.Tensor | None = None  # [B] real tokens that left the window buffer
         self.seen_tokens = 0
@@ -55,26 +57,27 @@ class LigerCacheLayer(CacheLayerMixin):
     def advance(
         self,
         state: tuple[torch.Tensor, ...] | None,
-        keys: torch.Tensor | None,
-        values: torch.Tensor | None,
-        key_valid: torch.Tensor | None,
+        stream: tuple[torch.Tensor, ...] | None,
         new_tokens: int,
         window: int,
         sinks: int = 0,
     ) -> None:
-        """Store the new state and keep only the last `window − 1` of (buffer + new) keys/values; with `sinks`, the
+        """Store the new state and keep only the last `window − 1` tokens of the window stream (buffer + new):
+        keys, values [B, S, H_kv, D], validity [B, S] and, when given, raw keys [B, S, H_kv, D]; with `sinks`, the
         sink tokens among those that leave the buffer move to the sink store."""
         self.state = state
-        if keys is not None:
+        if stream is not None:
+            keys, values, key_valid = stream[:3]
             start = max(keys.shape[1] - (window - 1), 0)
             if sinks and start:
                 self._store_sinks(keys[:, :start], values[:, :start], key_valid[:, :start], sinks)
-            keys, values, key_valid = keys[:, start:], values[:, start:], key_valid[:, start:]
+            kept = [t[:, start:] for t in stream]
             if start > window:
                 # clone after a prefill: the slice would keep all its keys alive through the storage (a decode
                 # step's slice drops a single token, not worth three copies per layer and token)
-                keys, values, key_valid = keys.clone(), values.clone(), key_valid.clone()
-            self.keys, self.values, self.key_valid = keys, values, key_valid
+                kept = [t.clone() for t in kept]
+            self.keys, self.values, self.key_valid = kept[:3]
+            self.raw_keys = kept[3] if len(kept) > 3 else None
         self.seen_tokens += new_tokens
         self.is_initialized = True
 
@@ -95,7 +98,8 @@ class LigerCacheLayer(CacheLayerMixin):
         return -1
 
     def _tensors(self) -> list[torch.Tensor]:
-        held = (*(self.state or ()), self.keys, self.values, self.key_valid, *(self.sinks or ()), self.real_dropped)
+        held = (*(self.state or ()), self.keys, self.values, self.key_valid, self.raw_keys, *(self.sinks or ()),
+                self.real_dropped)
         return [t for t in held if t is not None]
 
     def _map(self, fn) -> None:
@@ -104,12 +108,12 @@ class LigerCacheLayer(CacheLayerMixin):
             self.state = tuple(fn(t) for t in self.state)
         if self.sinks is not None:
             self.sinks = Sinks(*(fn(t) for t in self.sinks))
-        for name in ("keys", "values", "key_valid", "real_dropped"):
+        for name in ("keys", "values", "key_valid", "raw_keys", "real_dropped"):
             if getattr(self, name) is not None:
                 setattr(self, name, fn(getattr(self, name)))
 
     def reset(self) -> None:
-        self.state = self.keys = self.values = self.key_valid = self.sinks = self.real_dropped = None
+        self.state = self.keys = self.values = self.key_valid = self.raw_keys = self.sinks = self.real_dropped = None
         self.seen_tokens = 0
         self.is_initialized = False
 

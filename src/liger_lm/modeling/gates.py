@@ -66,22 +66,22 @@ def _divide_by_last(o: torch.Tensor) -> torch.Tensor:
     return o[..., :-1] / o[..., -1:].clamp(min=NORMALISER_FLOOR)
 
 
-def _linear(q_feat, write_key, v, log_decay, keep, state: State | None, config: LigerConfig):
+def _linear(q_feat, write_key, v, log_decay, keep, state: State | None, config: LigerConfig, normalize: bool):
     """o_t = q_feat_t S_t,  S_t = diag(exp(log_decay_t)) S_{t−1} + write_key_tᵀ v_t;
     with `normalize`: o_t / (q_feat_t · z_t),  z_t = diag(exp(log_decay_t)) z_{t−1} + write_key_t."""
-    if config.normalize:
+    if normalize:
         v = _with_ones(v)
     write_key, v, log_decay = _to_heads(q_feat.shape[2], keep, write_key, v, log_decay.clamp(min=MIN_LOG_DECAY))
     initial = state[0] if state else None
     o, final = gla(q_feat, write_key, v, log_decay, initial_state=initial, chunk_size=config.chunk_size)
-    return (_divide_by_last(o) if config.normalize else o), (final,)
+    return (_divide_by_last(o) if normalize else o), (final,)
 
 
 def _per_dim(log_decay_fn):
     """Gate with a per-key-dim decay and write φ(k)ᵀ v."""
 
     def run(q, k, v, g, keep, state, config):
-        return _linear(q.softmax(-1), k.softmax(-1), v, log_decay_fn(g, config), keep, state, config)
+        return _linear(q.softmax(-1), k.softmax(-1), v, log_decay_fn(g, config), keep, state, config, config.normalize)
 
     return run
 
@@ -91,7 +91,7 @@ def _scalar(log_decay_fn):
 
     def run(q, k, v, g, keep, state, config):
         log_decay = log_decay_fn(_pool(g, 1), config).expand(-1, -1, -1, k.shape[-1])
-        return _linear(q.softmax(-1), k.softmax(-1), v, log_decay, keep, state, config)
+        return _linear(q.softmax(-1), k.softmax(-1), v, log_decay, keep, state, config, config.normalize)
 
     return run
 
@@ -100,14 +100,15 @@ def _hgrn2(q, k, v, g, keep, state, config):
     """a = γ + (1 − γ)·σ(g) per dim; write (1 − a)ᵀ v (input tied to forget); only q is softmaxed."""
     gamma = config.gate_lower_bound
     decay = gamma + (1.0 - gamma) * torch.sigmoid(g)
-    return _linear(q.softmax(-1), 1.0 - decay, v, torch.log(decay), keep, state, config)
+    return _linear(q.softmax(-1), 1.0 - decay, v, torch.log(decay), keep, state, config, config.normalize)
 
 
 def _mlstm(q, k, v, g, keep, state, config):
     """a = σ(Pool(g)→1); S_t = a S + φ(k)ᵀ v and n_t = a n + φ(k); o = φ(q) S / max(|φ(q)·n|, 1)."""
     # The normaliser n is the same recurrence with a value of 1: one extra value column carries it.
     log_decay = F.logsigmoid(_pool(g, 1)).expand(-1, -1, -1, k.shape[-1])
-    o, new_state = _linear(q.softmax(-1), k.softmax(-1), _with_ones(v), log_decay, keep, state, config)
+    # Its own normaliser already: `normalize` does not apply.
+    o, new_state = _linear(q.softmax(-1), k.softmax(-1), _with_ones(v), log_decay, keep, state, config, False)
     return o[..., :-1] / o[..., -1:].abs().clamp(min=1.0), new_state
 
 
@@ -129,7 +130,7 @@ def _rwkv6(q, k, v, g, keep, state, config):
 
 
 def _gsa(q, k, v, g, keep, state, config):
-    """Gated Slot Attention with M slots, a = σ(Pool_{D→M}(g))^(1/τ):
+    """Gated Slot Attention with M slots (a softmax over slots: normalised already, `normalize` does not apply), a = σ(Pool_{D→M}(g))^(1/τ):
     K̃_t = diag(a) K̃ + (1 − a) ⊗ φ(k_t),  Ṽ_t = diag(a) Ṽ + (1 − a) ⊗ v_t,  o_t = softmax(K̃_t φ(q_t))ᵀ Ṽ_t."""
     log_decay = (F.logsigmoid(_pool(g, config.num_slots)) / config.gate_normalizer).clamp(min=MIN_LOG_DECAY)
     slot_write = 1.0 - log_decay.exp()

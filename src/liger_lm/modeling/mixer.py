@@ -6,29 +6,60 @@
     o^swa_t = softmax attention of RoPE(q_t) over the last w RoPE'd keys (the model's own scaling), and over the
               first `sinks` real tokens of the sequence (their own RoPE positions; 0 in the paper)
 
+With `combine="shared"` (docs/method.md §1.2) the recurrent branch holds only the tokens that left the window and
+are no sinks, read as S_old,t = the state after token t − w, and competes with the window inside one softmax:
+
+    o_t = (Σ_{j ∈ win ∪ sinks} e^{s_tj} v_j + e^{ω_h} φ(q_t) S_old,t) / (Σ e^{s_tj} + e^{ω_h} φ(q_t) z_old,t)
+        = σ(lse_t − ω_h − log Z_t) · o^swa_t + N_t / (Z_t + e^{lse_t − ω_h})
+
+with N_t = φ(q_t) S_old,t, Z_t = φ(q_t) z_old,t (z: the same recurrence with a value of 1) and ω_h a learned logit
+per head (`rec_logit`, the only parameter this adds).
+
 Projections, cache access, the window buffer and W_o are `LinearizedAttention`'s.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from ..config import LigerConfig
 from ..ops import sliding_window_attention
-from ..ops.swa import gather_sinks
+from ..ops.swa import gather_sinks, sink_mask
+from .adapters import ArchitectureAdapter
 from .attention import LinearizedAttention
 from .cache import LigerCacheLayer
-from .gates import GATES
+from .gates import GATES, _with_ones
+
+
+class RecurrentLogit(nn.Module):
+    """ω_h: the log-weight of the recurrent pseudo-key against the window's softmax scores, one per head (fp32)."""
+
+    def __init__(self, num_heads: int, init: float, device=None) -> None:
+        super().__init__()
+        self.logit = nn.Parameter(torch.full((num_heads,), float(init), device=device, dtype=torch.float32))
+
+    def forward(self) -> torch.Tensor:
+        return self.logit.float()
 
 
 class LigerAttention(LinearizedAttention):
     """Gated recurrence (any gate of `modeling.gates`) mixed with sliding-window softmax attention."""
 
+    def __init__(self, attention: nn.Module, config: LigerConfig, adapter: ArchitectureAdapter) -> None:
+        super().__init__(attention, config, adapter)
+        if config.combine == "shared":
+            self.rec_logit = RecurrentLogit(self.num_heads, config.rec_logit_init, self.q_proj.weight.device)
+
     def extra_repr(self) -> str:
         c = self.liger
-        return (f"gate={c.gate}, window={c.window}, sinks={c.sinks}, normalize={c.normalize}, "
+        return (f"gate={c.gate}, window={c.window}, sinks={c.sinks}, normalize={c.normalize}, combine={c.combine}, "
                 f"rec_weight={c.rec_weight}, swa_weight={c.swa_weight}")
 
     def mix(self, q, k, v, valid, position_embeddings, cache):
+        if self.liger.combine == "shared" and self.liger.rec_weight and self.liger.swa_weight:
+            return self._shared(q, k, v, valid, position_embeddings, cache)
         o_rec = o_swa = state = window = None
         if self.liger.rec_weight:
             o_rec, state = self._recurrent(q, k, v, valid, cache)
@@ -43,17 +74,60 @@ class LigerAttention(LinearizedAttention):
         state = cache.state if cache is not None else None
         return GATES[self.liger.gate].run(q, k, v, source, valid, state, self.liger)
 
-    def _sliding_window(self, q, k, v, valid, position_embeddings, cache: LigerCacheLayer | None):
-        """o^swa [B, T, H, D] and (keys, values, validity) over buffer + current tokens for the cache."""
+    def _sliding_window(self, q, k, v, valid, position_embeddings, cache: LigerCacheLayer | None, with_lse=False):
+        """o^swa [B, T, H, D] (and with `with_lse` its log-sum-exp [B, T, H]) and (keys, values, validity) over
+        buffer + current tokens for the cache."""
         q, k = self._rope(q, k, position_embeddings)
         k, v, valid = self._window_stream(k, v, valid, cache)
         sinks = None
         if self.liger.sinks:
-            real_before = cache.real_before_buffer(k.shape[0], k.device) if cache is not None else None
-            stored = cache.sinks if cache is not None else None
-            sinks = gather_sinks(k, v, valid, self.liger.sinks, real_before, stored)
-        out = sliding_window_attention(q, k, v, self.liger.window, self.scaling, key_valid=valid, sinks=sinks)
+            sinks = gather_sinks(k, v, valid, self.liger.sinks, self._real_before(k, cache),
+                                 cache.sinks if cache is not None else None)
+        out = sliding_window_attention(q, k, v, self.liger.window, self.scaling, key_valid=valid, sinks=sinks,
+                                       with_lse=with_lse)
         return out, (k, v, valid)
+
+    @staticmethod
+    def _real_before(k, cache: LigerCacheLayer | None):
+        return cache.real_before_buffer(k.shape[0], k.device) if cache is not None else None
+
+    def _shared(self, q, k, v, valid, position_embeddings, cache: LigerCacheLayer | None):
+        """`combine="shared"` (module docstring): window and recurrent branch under one softmax normaliser."""
+        (o_swa, lse), stream = self._sliding_window(q, k, v, valid, position_embeddings, cache, with_lse=True)
+        raw_keys = k if cache is None or cache.raw_keys is None else torch.cat([cache.raw_keys, k], dim=1)
+        numerator, normaliser, state = self._left_the_window(q, raw_keys, stream, cache)
+        offset = lse - self.rec_logit()  # [B, T, H]
+        window_share = torch.sigmoid(offset - torch.log(normaliser.clamp(min=1e-30)))
+        # A query with nothing to attend (left padding) has an empty denominator: its output is 0, not NaN.
+        out = window_share[..., None] * o_swa.float() + numerator / (normaliser + offset.exp()).clamp(min=1e-30)[..., None]
+        return out, state, (*stream, raw_keys)
+
+    def _left_the_window(self, q, raw_keys, stream, cache: LigerCacheLayer | None):
+        """N_t [B, T, H, D], Z_t [B, T, H] over the tokens that left query t's window (no sinks), and the new state.
+
+        The recurrence runs over [one empty token, the window stream] and writes every stream token but the last
+        w − 1 (those stay in the window buffer; the state is the cache's "everything before the buffer"). Query t
+        reads the state after the token w positions before it: it sits w − 1 positions after that token's place.
+        """
+        keys, values, valid = stream
+        window, length = self.liger.window, q.shape[1]
+        buffered = keys.shape[1] - length
+        write = valid & ~(sink_mask(valid, self.liger.sinks, self._real_before(keys, cache)) if self.liger.sinks
+                          else torch.zeros_like(valid))
+        write[:, max(keys.shape[1] - (window - 1), 0):] = False
+        pad = lambda x: F.pad(x, (0,) * (2 * (x.dim() - 2)) + (1, 0))  # noqa: E731  one empty token in front
+        raw_keys, values, write = pad(raw_keys.float()), pad(_with_ones(values.float())), pad(write)
+        # Query t (stream' index buffered + t + 1) reads the state at stream' index buffered + t + 1 − w.
+        first = buffered + 1 - window
+        start, count = max(first, 0), max(min(length, first + length), 0)
+        skip = length - count  # the first queries, with nothing old yet
+        reading = torch.zeros(q.shape[0], raw_keys.shape[1], *q.shape[2:], dtype=torch.float32, device=q.device)
+        reading[:, start : start + count] = q[:, skip:].float()
+        state = cache.state if cache is not None else None
+        out, state = GATES[self.liger.gate].run(reading, raw_keys, values, raw_keys, write, state,
+                                                self.liger.replace(normalize=False))
+        out = F.pad(out[:, start : start + count], (0, 0, 0, 0, skip, 0))  # queries with nothing old: 0
+        return out[..., :-1], out[..., -1], state
 
 
 def _weighted_sum(o_rec, rec_weight: float, o_swa, swa_weight: float) -> torch.Tensor:

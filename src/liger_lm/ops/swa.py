@@ -77,18 +77,24 @@ def _band_mask(num_queries, num_keys, window, device):
     return (key_pos <= query_pos) & (key_pos > query_pos - window)
 
 
-def _attend(q, k, v, allowed, scale):
-    """q [..., Tq, H, D], k/v [..., Sk, Hkv, D], allowed broadcastable to [..., Hkv, G, Tq, Sk]."""
+def _attend(q, k, v, allowed, scale, with_lse: bool = False):
+    """q [..., Tq, H, D], k/v [..., Sk, Hkv, D], allowed broadcastable to [..., Hkv, G, Tq, Sk].
+
+    With `with_lse` also the log-sum-exp of each query's allowed scores [..., Tq, H] (fp32; a very negative finite
+    number where no key is allowed)."""
     q_groups = q.float().unflatten(-2, (k.shape[-2], -1))
     scores = torch.einsum("...thgd,...shd->...hgts", q_groups, k.float()) * scale
     # A finite fill keeps rows with no allowed key NaN-free; multiplying by the mask zeroes them.
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     probs = scores.softmax(-1) * allowed
-    out = torch.einsum("...hgts,...shd->...thgd", probs, v.float())
-    return out.flatten(-3, -2).to(q.dtype)
+    out = torch.einsum("...hgts,...shd->...thgd", probs, v.float()).flatten(-3, -2).to(q.dtype)
+    if not with_lse:
+        return out
+    lse = scores.logsumexp(-1).movedim(-1, -3).flatten(-2, -1)  # [..., Hkv, G, Tq] → [..., Tq, H]
+    return out, lse
 
 
-def naive_sliding_window_attention(q, k, v, window, scale, key_valid=None, sinks=0):
+def naive_sliding_window_attention(q, k, v, window, scale, key_valid=None, sinks=0, with_lse=False):
     """Reference sliding-window attention with an explicit [T, S] mask (O(T·S)).
 
     o_i = Σ_j softmax_j(scale · q_i · k_j) v_j over (P + i − w < j <= P + i, or j a sink <= P + i)
@@ -101,6 +107,7 @@ def naive_sliding_window_attention(q, k, v, window, scale, key_valid=None, sinks
         scale: score multiplier.
         key_valid: [B, S] bool or None (all valid).
         sinks: n >= 0 sink keys per sequence.
+        with_lse: also return the log-sum-exp of each query's allowed scores [B, T, H] (fp32).
 
     Returns:
         [B, T, H, D] in q's dtype; queries with no allowed key give 0.
@@ -112,7 +119,7 @@ def naive_sliding_window_attention(q, k, v, window, scale, key_valid=None, sinks
         causal = _band_mask(q.shape[1], k.shape[1], k.shape[1], q.device)
         allowed = allowed | (causal & sink_mask(key_valid, sinks)[:, None, :])
     allowed = allowed & key_valid[:, None, :]
-    return _attend(q, k, v, allowed[..., None, None, :, :], scale)
+    return _attend(q, k, v, allowed[..., None, None, :, :], scale, with_lse)
 
 
 def _pad_time(x, left, right):
@@ -131,7 +138,7 @@ def _sink_allowed(sinks: Sinks, query_pos: torch.Tensor, window: int) -> torch.T
     return sinks.valid[:, None, :] & (sinks.positions[:, None, :] <= query_pos[None, :, None] - window)
 
 
-def _blocked_attention(q, k, v, window, scale, key_valid, sinks: Sinks | None):
+def _blocked_attention(q, k, v, window, scale, key_valid, sinks: Sinks | None, with_lse: bool = False):
     """Query block n attends to key blocks n and n + 1 of [w keys before the queries, queries] (and to the G sink
     keys): one fused SDPA call over all blocks, [B·N, H, w, D] queries against [B·N, Hkv, G + 2w, D] keys under a
     [w, G + 2w] mask."""
@@ -152,6 +159,10 @@ def _blocked_attention(q, k, v, window, scale, key_valid, sinks: Sinks | None):
         k_blocks, v_blocks = (torch.cat([s[:, None].expand(-1, blocks, *s.shape[1:]), x], dim=2)
                               for s, x in ((sinks.keys, k_blocks), (sinks.values, v_blocks)))
     k_blocks, v_blocks = k_blocks.flatten(0, 1), v_blocks.flatten(0, 1)
+    if with_lse:  # the same blocks through the einsum form, which also gives the log-sum-exp
+        out, lse = _attend(q_blocks, k_blocks, v_blocks, allowed.flatten(0, 1)[:, None, None], scale, True)
+        unblock = lambda x: x.unflatten(0, (batch, -1)).flatten(1, 2)[:, :length]  # noqa: E731
+        return unblock(out), unblock(lse)
     # A query whose band holds no valid key (left padding) gets 0 from SDPA, as from the reference.
     out = F.scaled_dot_product_attention(
         *(x.float().transpose(1, 2) for x in (q_blocks, k_blocks, v_blocks)),
@@ -184,7 +195,7 @@ def _single_query_attention(q, k, v, scale, key_valid, sinks: Sinks | None):
     return out.transpose(1, 2).to(q.dtype)
 
 
-def sliding_window_attention(q, k, v, window, scale, key_valid=None, sinks: Sinks | None = None):
+def sliding_window_attention(q, k, v, window, scale, key_valid=None, sinks: Sinks | None = None, with_lse=False):
     """Sliding-window attention in O(T·(w + G)) time and memory (never a [T, S] tensor).
 
     o_i = Σ_j softmax_j(scale · q_i · k_j) v_j over P + i − w < j <= P + i with key_valid[b, j], and over the
@@ -197,12 +208,13 @@ def sliding_window_attention(q, k, v, window, scale, key_valid=None, sinks: Sink
         scale: score multiplier.
         key_valid: [B, S] bool or None (all valid).
         sinks: G sink keys with their positions in the stream (`gather_sinks`), or None.
+        with_lse: also return the log-sum-exp of each query's allowed scores [B, T, H] (fp32).
 
     Returns:
         [B, T, H, D] in q's dtype; queries with no allowed key give 0.
     """
     length = q.shape[1]
-    if length == 1 and k.shape[1] <= window:
+    if length == 1 and k.shape[1] <= window and not with_lse:
         out = _single_query_attention(q, k, v, scale, key_valid, sinks)
         if out is not None:
             return out
@@ -217,5 +229,5 @@ def sliding_window_attention(q, k, v, window, scale, key_valid=None, sinks: Sink
             query_pos = start + k.shape[1] - length + torch.arange(length, device=q.device)
             allowed = torch.cat([_sink_allowed(sinks, query_pos, window), allowed], dim=-1)
             k, v = torch.cat([sinks.keys, k], dim=1), torch.cat([sinks.values, v], dim=1)
-        return _attend(q, k, v, allowed[..., None, None, :, :], scale)
-    return _blocked_attention(q, k, v, window, scale, key_valid, sinks)
+        return _attend(q, k, v, allowed[..., None, None, :, :], scale, with_lse)
+    return _blocked_attention(q, k, v, window, scale, key_valid, sinks, with_lse)

@@ -16,6 +16,15 @@ class TrainConfigError(ValueError):
     """An invalid training setting; the message names it and the accepted values."""
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a staged recovery: its objective, its share of the token budget and its learning rate."""
+
+    objective: str
+    share: float = 1.0  # relative to the other stages' shares
+    lr: float | None = None  # None: TrainConfig.lr
+
+
 @dataclass
 class TrainConfig:
     """Recovery fine-tune settings. Defaults are the paper's: LoRA r 8, α 8 on q/k/v, CE, lr 1e-3, 8 × 1024 tokens a step."""
@@ -50,6 +59,9 @@ class TrainConfig:
     merge: bool = False  # also write merged standalone weights
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # passed through to transformers.TrainingArguments
+    # Objectives run one after another on one LoRA adapter, e.g. ("attn", "kd"): attention transfer, then
+    # distillation (each a `Stage` or an objective name; the budget is split by share). Empty: one `objective` stage.
+    stages: tuple[Stage | str, ...] = ()
 
     def tokens_per_step(self, world_size: int = 1) -> int:
         return self.seq_len * self.batch_size * self.grad_accum * world_size
@@ -83,12 +95,42 @@ class TrainConfig:
             raise TrainConfigError(f"eval_records must be ≥ 0, got {self.eval_records}")
         if not (self.use_lora or self.train_feature_maps):
             raise TrainConfigError("nothing to train: enable LoRA or (for LoLCATs) the feature maps")
+        self.stages = tuple(_stage(stage) for stage in self.stages)
+        for stage in self.stages:
+            if stage.objective not in OBJECTIVES:
+                raise TrainConfigError(f"unknown stage objective {stage.objective!r}; choose from {', '.join(OBJECTIVES)}")
+            if not stage.share > 0 or (stage.lr is not None and not stage.lr > 0):
+                raise TrainConfigError(f"stage {stage.objective}: share and lr must be > 0, got {stage}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["lora_targets"] = list(self.lora_targets)
+        data["stages"] = [dataclasses.asdict(_stage(stage)) for stage in self.stages]
         return data
+
+
+def _stage(value: Stage | str | dict) -> Stage:
+    if isinstance(value, Stage):
+        return value
+    return Stage(**value) if isinstance(value, dict) else Stage(str(value).strip())
+
+
+def stage_plan(config: TrainConfig, method: str = "liger") -> list[tuple[str, TrainConfig]]:
+    """(name, settings) of each stage to run: LoLCATs' own two stages, the configured `stages`, or one stage."""
+    if method == "lolcats":
+        return list(zip(("transfer", "finetune"), lolcats_stages(config)))
+    stages = [_stage(stage) for stage in config.stages]
+    if not stages:
+        return [("finetune", config)]
+    total = sum(stage.share for stage in stages)
+    return [
+        (f"{index}-{stage.objective}", config.replace(
+            stages=(), objective=stage.objective, lr=stage.lr or config.lr,
+            max_tokens=max(1, round(config.max_tokens * stage.share / total)),
+        ))
+        for index, stage in enumerate(stages, start=1)
+    ]
 
 
 def lolcats_stages(config: TrainConfig) -> list[TrainConfig]:

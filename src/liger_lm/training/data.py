@@ -27,10 +27,15 @@ class PackedDataset(Dataset):
         return {name: values[index] for name, values in self.tensors.items()}
 
 
-def training_data(tokenizer: PreTrainedTokenizerBase, config: TrainConfig) -> tuple[PackedDataset, PackedDataset, dict[str, Any]]:
-    """(train set, held-out set, stats). The first `eval_records` of the seeded shuffle are held out, never trained on."""
+def training_data(
+    tokenizer: PreTrainedTokenizerBase, config: TrainConfig, skip_records: int = 0
+) -> tuple[PackedDataset, PackedDataset, dict[str, Any]]:
+    """(train set, held-out set, stats). The first `eval_records` of the seeded shuffle are held out, never trained on;
+    training starts `skip_records` after them (a later stage continues where the earlier one stopped)."""
     records = load_instruction_records(config.data, seed=config.seed)
     held_out, rest = records[: config.eval_records], records[config.eval_records :]
+    if skip_records and len(rest) > skip_records:
+        rest = rest[skip_records:]
     if not rest:
         raise DataError(f"{config.data}: all {len(records)} usable records are held out for evaluation "
                         f"(eval_records={config.eval_records}); lower --eval-records or add data")

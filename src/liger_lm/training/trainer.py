@@ -1,10 +1,12 @@
 """Step 2 of the pipeline: recover quality with a LoRA fine-tune on `transformers.Trainer`.
 
 `train(model, tokenizer, TrainConfig(...), out)` writes into `out`:
-    checkpoints/<stage>/checkpoint-N/   Trainer checkpoints; a `COMPLETE` marker is written last, and only marked
+    checkpoints/<stage>/checkpoint-N/   Trainer checkpoints per stage ("finetune"; staged runs "1-attn", "2-kd", …;
+                                        LoLCATs "transfer", "finetune"); a `COMPLETE` marker is written last, and only marked
                                         checkpoints are resumed from (a run killed while saving loses nothing)
     metrics.jsonl                       one line per logged step / evaluation
-    transfer.safetensors                LoLCATs only: the feature maps after stage 1 (attention transfer)
+    <stage>.safetensors                 what each stage trained (LoRA, LoLCATs feature maps), written when it
+                                        finished: a resumed run skips the stages that have one (but the last)
     adapter/                            the LoRA adapter (peft; plus LoLCATs feature maps) and the tokenizer
     merged/                             with `merge=True`: a standalone converted model (AutoModelForCausalLM)
     train_results.json                  tokens, steps, losses, held-out loss and perplexity before / after
@@ -30,11 +32,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 from ..convert import is_converted
 from ..hardware import fast_bf16
 from ..io import OutputExistsError, atomic_directory, write_json_atomic, write_text_atomic
-from .config import TrainConfig, TrainConfigError, lolcats_stages
+from .config import TrainConfig, TrainConfigError, stage_plan
 from .data import training_data
 from .objectives import attention_transfer, cross_entropy, distillation, teacher_mode
 
-FEATURE_MAP_MODULES = ("feature_map_q", "feature_map_k", "window_factor")
+FEATURE_MAP_MODULES = ("feature_map_q", "feature_map_k", "window_factor")  # LoLCATs
+WITH_LORA_MODULES = ("rec_logit",)  # Liger, combine="shared"
 COMPLETE = "COMPLETE"
 
 
@@ -73,21 +76,26 @@ def train(
     if not is_converted(model):
         raise TrainConfigError("the model is not converted; run liger_lm.convert(model) (or `liger convert`) first")
     started = time.perf_counter()
-    stages = lolcats_stages(config) if model.config.liger.get("method") == "lolcats" else [config]
+    plan = stage_plan(config, model.config.liger.get("method", "liger"))
     # Multi-process runs (`accelerate launch`, torchrun): every process trains, but process 0 alone writes the run
     # folder's shared files (out/, metrics.jsonl, checkpoint markers, adapter, results) while the others wait, so no
     # two processes race on one path. Single-process runs: one process, the waits do nothing.
     processes = _processes()
-    # Data first: bad data fails before `out` is created (or, with overwrite, before the old run is deleted).
-    stage_data = [training_data(tokenizer, stage) for stage in stages]
+    # Data first: bad data fails before `out` is created (or, with overwrite, before the old run is deleted). Each
+    # stage trains on the records after those of the stage before it.
+    stage_data, used = [], 0
+    for _, stage in plan:
+        stage_data.append(training_data(tokenizer, stage, skip_records=used))
+        used += stage_data[-1][2]["train"]["records"]
     out = _prepare_out(Path(out), resume, overwrite, processes)
     history = []
-    for stage, data in zip(stages, stage_data):
-        name = "transfer" if stage.objective == "attn" and not stage.use_lora else "finetune"
-        model, summary = _run_stage(model, data, stage, out, name, resume, callbacks, processes)
-        history.append({"stage": name, **summary})
-    results = _finish(model, tokenizer, stages[-1], out, base_path, history, started, processes)
-    if stages[-1].merge:
+    for index, ((name, stage), data) in enumerate(zip(plan, stage_data)):
+        # A resumed run skips the stages an earlier run finished (the last one resumes from its checkpoint instead).
+        skip = resume and index < len(plan) - 1
+        model, summary = _run_stage(model, data, stage, out, name, resume, callbacks, processes, skip)
+        history.append({"stage": name, "objective": stage.objective, **summary})
+    results = _finish(model, tokenizer, plan[-1][1], out, base_path, history, started, processes)
+    if config.merge:
         model = _merge(model, tokenizer, out, processes)
     return TrainResult(model=model, results=results)
 
@@ -110,13 +118,14 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool, processes: PartialSta
     return out
 
 
-def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: bool, callbacks, processes):
+def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: bool, callbacks, processes, skip: bool):
     """Train one stage on `data` (from `training_data`); returns the (maybe peft-wrapped) model and a loss summary."""
     set_seed(config.seed)
-    if name == "transfer" and (out / "transfer.safetensors").is_file():
-        _load_feature_maps(model, out / "transfer.safetensors")  # stage 1 already finished in an earlier run
-        return model, {"skipped": "finished in an earlier run"}
     model = _trainable(model, config)
+    finished = out / f"{name}.safetensors"  # what the stage trained, written when it finished
+    if skip and finished.is_file():
+        _load_trained(model, finished)  # finished in an earlier run: the later stages continue from it
+        return model, {"skipped": "finished in an earlier run"}
     train_set, eval_set, data_stats = data
     checkpoints = out / "checkpoints" / name
     start_from = last_complete_checkpoint(checkpoints) if resume else None
@@ -144,8 +153,8 @@ def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: b
     evaluated = [r for r in trainer.state.log_history if "eval_loss" in r]
     if len(eval_set) and (not evaluated or evaluated[-1].get("step") != trainer.state.global_step):
         trainer.evaluate()  # unless the schedule just evaluated at the last step
-    if name == "transfer" and processes.is_main_process:
-        _save_feature_maps(model, out / "transfer.safetensors")
+    if processes.is_main_process:
+        _save_trained(model, finished)
     processes.wait_for_everyone()  # process 0 has logged every evaluation: all processes read the same losses
     before = MetricsLog.first_eval(out / "metrics.jsonl", name)
     after = MetricsLog.last_eval(out / "metrics.jsonl", name)
@@ -163,20 +172,25 @@ def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: b
 
 
 def _trainable(model: nn.Module, config: TrainConfig) -> nn.Module:
-    """Wrap with LoRA (peft) and freeze everything else; LoLCATs feature maps train only in stage 1."""
+    """Wrap with LoRA (peft) and freeze everything else; LoLCATs feature maps train only in stage 1, the Liger
+    `rec_logit` (combine="shared") whenever LoRA does."""
     if config.use_lora:
-        has_feature_maps = any(n.split(".")[-1] in FEATURE_MAP_MODULES for n, _ in model.named_modules())
+        present = {n.split(".")[-1] for n, _ in model.named_modules()}
+        learned = [name for name in (*FEATURE_MAP_MODULES, *WITH_LORA_MODULES) if name in present]
         lora = LoraConfig(
             r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
             target_modules=list(config.lora_targets), task_type="CAUSAL_LM",
-            # LoLCATs: the feature maps trained in stage 1 go into the adapter, so it is complete on its own.
-            modules_to_save=list(FEATURE_MAP_MODULES) if has_feature_maps else None,
+            # Modules with new parameters (trained now or in an earlier stage) go into the adapter, so it is complete.
+            modules_to_save=learned or None,
         )
         model = model if isinstance(model, PeftModel) else get_peft_model(model, lora)
     for name, param in model.named_parameters():
-        in_feature_map = any(part in FEATURE_MAP_MODULES for part in name.split("."))
+        parts = name.split(".")
+        in_feature_map = any(part in FEATURE_MAP_MODULES for part in parts)
+        with_lora = any(part in WITH_LORA_MODULES for part in parts) and "original_module" not in parts
         is_lora = "lora_" in name
-        param.requires_grad = (config.use_lora and is_lora) or (config.train_feature_maps and in_feature_map)
+        param.requires_grad = ((config.use_lora and (is_lora or with_lora))
+                               or (config.train_feature_maps and in_feature_map))
     if not any(p.requires_grad for p in model.parameters()):
         raise TrainConfigError("no trainable parameters: check lora_targets against the model's module names")
     return model
@@ -356,23 +370,20 @@ def _ppl(metrics: dict | None) -> float | None:
     return None if metrics is None else round(math.exp(min(metrics["eval_loss"], 50.0)), 3)
 
 
-def _feature_map_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {
-        name: param.detach().contiguous()
-        for name, param in model.named_parameters()
-        if any(part in FEATURE_MAP_MODULES for part in name.split("."))
-    }
+def _trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters a stage trains (LoRA, LoLCATs feature maps), by name."""
+    return {name: param.detach().contiguous() for name, param in model.named_parameters() if param.requires_grad}
 
 
-def _save_feature_maps(model: nn.Module, path: Path) -> None:
+def _save_trained(model: nn.Module, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(_feature_map_state(model), str(tmp))
+    save_file(_trained_state(model), str(tmp))
     tmp.replace(path)
 
 
-def _load_feature_maps(model: nn.Module, path: Path) -> None:
+def _load_trained(model: nn.Module, path: Path) -> None:
     state = load_file(str(path))
-    missing = set(_feature_map_state(model)) - set(state)
+    missing = set(_trained_state(model)) - set(state)
     if missing:
         raise TrainConfigError(f"{path} does not match this model (missing {sorted(missing)[:3]}…); use --overwrite")
     model.load_state_dict(state, strict=False)

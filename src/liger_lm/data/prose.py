@@ -1,0 +1,57 @@
+"""English prose from the BIG-bench sdist: the passages that Natural Instructions subtasks ask questions about.
+
+Each reading-comprehension subtask repeats its source passages across many examples; the passages themselves are
+general English prose of several kinds, and are used as plain language-modelling text:
+
+- held out for evaluation (`held_out_prose`, never trained on): the Wikipedia articles of Quoref (subtasks 001–002:
+  biographies, film and book plots, history), about 1.1 M characters;
+- for training (`training_prose_records`): CosmosQA's personal narratives (022–025), DROP's Wikipedia history and
+  sports reports (026–028), MultiRC's news, fiction and science paragraphs (048–058) and ROPES's science
+  background paragraphs (059–061).
+The BIG-bench data is Apache-2.0; the underlying passages come from those datasets (Wikipedia text is CC BY-SA).
+Quoref's subtasks are excluded from the instruction records too (`bigbench.TRAINING_EXCLUDED_SUBTASKS`).
+"""
+
+from __future__ import annotations
+
+import re
+
+from .bigbench import HELD_OUT_PROSE_SUBTASKS, natural_instruction_subtasks, read_task_json
+
+TRAINING_PROSE_SUBTASKS = tuple(f"subtask{i:03d}" for i in (*range(22, 29), *range(48, 62)))
+
+_LEAD = re.compile(r"^\s*(?:Passage|Context|Background Paragraph|Paragraph-)\s*:?\s*")
+_TAIL = re.compile(r"\s*\n\s*(?:Question|Answer type|Story|Answer)\s*:.*$", re.S)
+_SENTENCE_NUMBER = re.compile(r"\s*Sent \d+:\s*")
+
+
+def passage_of(example_input: str) -> str | None:
+    """The passage of one example input ("Passage: … \\nQuestion: …" and the like), or None if it has none."""
+    if not _LEAD.match(example_input):
+        return None
+    text = _TAIL.sub("", _LEAD.sub("", example_input, count=1))
+    text = _SENTENCE_NUMBER.sub(" ", text).strip()  # MultiRC numbers its sentences ("Sent 1: …Sent 2: …")
+    return text or None
+
+
+def passages(prefixes: tuple[str, ...]) -> list[str]:
+    """Distinct passages of the subtasks whose names start with `prefixes`, in subtask and example order."""
+    seen: dict[str, str] = {}  # keyed by the first 200 characters: a few passages recur with a changed ending
+    for subtask in natural_instruction_subtasks():
+        if subtask[: len("subtask000")] not in prefixes:
+            continue
+        for example in read_task_json(f"natural_instructions/{subtask}/task.json")["examples"]:
+            text = passage_of(example["input"])
+            if text is not None and len(text) > 200:
+                seen.setdefault(text[:200], text)
+    return list(seen.values())
+
+
+def training_prose_records() -> list[dict[str, str]]:
+    """`{"text": passage}` records of the training prose (none of them is ever evaluated on)."""
+    return [{"text": text} for text in passages(TRAINING_PROSE_SUBTASKS)]
+
+
+def held_out_prose() -> str:
+    """The evaluation prose: Quoref's Wikipedia passages, separated by blank lines."""
+    return "\n\n".join(passages(HELD_OUT_PROSE_SUBTASKS))

@@ -1,0 +1,118 @@
+"""combine="shared": the recurrent branch holds what left the window and shares the window's softmax normaliser
+(docs/method.md §1.2), against a per-token transcription of the formula and the usual model-level properties."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import liger_lm
+from conftest import prefill_then_decode, tiny_model
+from test_model import left_pad, token_ids
+
+
+def per_token_reference(mixer, q, k, v, valid, position_embeddings, sinks):
+    """o_t = (Σ_{j∈win∪sinks} e^{s_tj} v_j + e^ω φ(q_t)S_old) / (Σ e^{s_tj} + e^ω φ(q_t)z_old), GLA decay, one token
+    at a time; S_old, z_old hold the valid non-sink tokens j ≤ t − w, each decayed by the written tokens after it."""
+    config, window = mixer.liger, mixer.liger.window
+    groups = mixer.num_heads // mixer.num_kv_heads
+    rq, rk = mixer._rope(q, k, position_embeddings)
+    rk, kv, raw_k = (x.repeat_interleave(groups, dim=2) for x in (rk, v, k))
+    omega = mixer.rec_logit().detach()
+    batch, length, heads, dim = q.shape
+    out = torch.zeros(batch, length, heads, dim)
+    for b in range(batch):
+        real = [j for j in range(length) if valid[b, j]]
+        sink_set = set(real[:sinks])
+        for t in range(length):
+            if not valid[b, t]:
+                continue
+            attended = [j for j in real if j <= t and (j > t - window or j in sink_set)]
+            old = [j for j in real if j <= t - window and j not in sink_set]
+            scores = torch.einsum("hd,jhd->jh", rq[b, t], rk[b, attended]) * mixer.scaling
+            numerator = torch.einsum("jh,jhd->hd", scores.exp(), kv[b, attended])
+            denominator = scores.exp().sum(0)
+            state, norm = torch.zeros(heads, dim, dim), torch.zeros(heads, dim)
+            for j in old:
+                decay = torch.exp(F.logsigmoid(raw_k[b, j]) / config.gate_normalizer)
+                feature = raw_k[b, j].softmax(-1)
+                state = decay[..., None] * state + feature[..., None] * kv[b, j][:, None, :]
+                norm = decay * norm + feature
+            q_feat = q[b, t].softmax(-1)
+            numerator = numerator + omega.exp()[:, None] * torch.einsum("hd,hde->he", q_feat, state)
+            denominator = denominator + omega.exp() * (q_feat * norm).sum(-1)
+            out[b, t] = numerator / denominator[:, None]
+    return out
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("sinks", [0, 2])
+@torch.no_grad()
+def test_shared_equals_the_per_token_formula(family, sinks):
+    model = liger_lm.convert(tiny_model(family), window=4, sinks=sinks, combine="shared", rec_logit_init=1.5)
+    mixer = model.model.layers[1].self_attn
+    hidden = torch.randn(2, 19, model.config.hidden_size)
+    valid = torch.ones(2, 19, dtype=torch.bool)
+    valid[1, :5] = False
+    position_embeddings = model.model.rotary_emb(hidden, torch.arange(19)[None])
+    q, k, v = mixer._project(hidden)
+    actual, _, _ = mixer.mix(q, k, v, valid, position_embeddings, None)
+    expected = per_token_reference(mixer, q.float(), k.float(), v.float(), valid, position_embeddings, sinks)
+    torch.testing.assert_close(actual[valid], expected[valid], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("gate", ["gla", "mamba2", "gsa", "mlstm"])
+@pytest.mark.parametrize("sinks", [0, 3])
+@torch.no_grad()
+def test_shared_prefill_then_decode_and_left_padding(gate, sinks):
+    model = liger_lm.convert(tiny_model("qwen3"), window=4, sinks=sinks, combine="shared", gate=gate, num_slots=4,
+                             rec_logit_init=2.0)
+    ids = token_ids()
+    full = model(ids).logits
+    for prefill in (1, 3, 10):
+        torch.testing.assert_close(prefill_then_decode(model, ids, prefill), full, rtol=0, atol=1e-4)
+    rows = [token_ids(1, 23, seed=4)[0], token_ids(1, 9, seed=5)[0]]
+    padded, mask = left_pad(rows)
+    batch = model(padded, attention_mask=mask).logits
+    for i, row in enumerate(rows):
+        torch.testing.assert_close(batch[i, -len(row):], model(row[None]).logits[0], rtol=0, atol=1e-4)
+
+
+@torch.no_grad()
+def test_shared_starts_as_the_window_and_rec_weight_zero_turns_it_off():
+    base, ids = tiny_model("llama"), token_ids()
+    window_only = liger_lm.convert(copy.deepcopy(base), window=4, sinks=2, rec_weight=0.0, swa_weight=1.0)(ids).logits
+    shared = liger_lm.convert(copy.deepcopy(base), window=4, sinks=2, combine="shared", rec_logit_init=2.0)
+    logits = shared(ids).logits
+    torch.testing.assert_close(logits[:, :4], window_only[:, :4], rtol=0, atol=1e-5)  # nothing has left the window
+    assert (logits[:, 6:] - window_only[:, 6:]).abs().max() > 1e-2
+    off = liger_lm.convert(copy.deepcopy(base), window=4, sinks=2, combine="shared", rec_weight=0.0, swa_weight=1.0)
+    torch.testing.assert_close(off(ids).logits, window_only, rtol=0, atol=1e-5)
+
+
+def test_shared_refuses_what_it_cannot_compute():
+    for overrides in (dict(gate="rwkv6"), dict(gate_source="q"), dict(method="lolcats")):
+        with pytest.raises(liger_lm.LigerConfigError, match="combine='shared' needs"):
+            liger_lm.LigerConfig(combine="shared", **overrides)
+
+
+def test_recurrent_logit_trains_with_lora_and_reloads_from_the_adapter(instruction_file, tmp_path):
+    from conftest import tiny_tokenizer
+    from liger_lm.training import TrainConfig, train
+
+    model = liger_lm.convert(tiny_model("llama"), window=4, sinks=2, combine="shared")
+    model.save_pretrained(tmp_path / "base")
+    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    config = TrainConfig(data=str(instruction_file), seq_len=48, batch_size=4, grad_accum=1, max_tokens=48 * 4 * 6,
+                         eval_records=4, lr=1e-2, progress=False, precision="fp32", stages=("attn", "kd"))
+    trained = train(model, tiny_tokenizer(), config, tmp_path / "run", base_path=tmp_path / "base").model
+    logits = {name: p for name, p in trained.named_parameters() if "rec_logit" in name and "modules_to_save" in name}
+    assert logits and all(p.requires_grad and (p - 0.0).abs().max() > 1e-4 for p in logits.values())
+    ids = token_ids()
+    with torch.no_grad():
+        expected = trained(ids).logits
+        again, _ = liger_lm.load_model(str(tmp_path / "run" / "adapter"))
+        torch.testing.assert_close(again(ids).logits, expected, rtol=0, atol=1e-5)
