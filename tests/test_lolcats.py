@@ -1,4 +1,4 @@
-"""LoLCATs baseline (DESIGN.md §1.3): the blocked op against a per-token loop and torch SDPA, and converted models
+"""LoLCATs baseline (docs/method.md §1.3): the blocked op against a per-token loop and torch SDPA, and converted models
 against the unmodified transformers model, token-by-token decode, rows run alone and a save/load round trip."""
 
 from __future__ import annotations

@@ -215,7 +215,7 @@ def run(
     method: Annotated[str | None, typer.Option("--method", help="liger (paper) or lolcats (baseline).")] = None,
     gate: Annotated[str | None, typer.Option("--gate", help=GATE_HELP)] = None,
     window: Annotated[int | None, typer.Option("--window")] = None,
-    budget: Annotated[str, typer.Option("--budget", help="tiny (smoke test), default (~15–20 min on a 2-core CPU) or paper (20 M tokens).")] = "default",
+    budget: Annotated[str, typer.Option("--budget", help="tiny (smoke test), default (~20 min on a 2-core CPU), long (10× the training, ~2 h) or paper (20 M tokens).")] = "default",
     data: Annotated[str | None, typer.Option("--data", help="Fine-tuning data: the preset's by default; 'default' (BIG-bench instructions), 'prose', 'mix', a local file or an HF dataset.")] = None,
     tasks: Annotated[str, typer.Option("--tasks", help="'default' (suite at the budget's size) or 'name[=size],…' (names or .jsonl files).")] = "default",
     seed: Annotated[int, typer.Option("--seed")] = 0,

@@ -1,4 +1,4 @@
-"""`LigerConfig`: the typed conversion settings (DESIGN.md §1), with the paper's defaults."""
+"""`LigerConfig`: the typed conversion settings (docs/method.md §1), with the paper's defaults."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class LigerConfigError(ValueError):
 class LigerConfig:
     """How to linearize a model. Field names double as keyword overrides of `liger_lm.convert`.
 
-    method:          "liger" (the paper's mixer) or "lolcats" (the LoLCATs baseline, DESIGN.md §1.3; it uses
+    method:          "liger" (the paper's mixer) or "lolcats" (the LoLCATs baseline, docs/method.md §1.3; it uses
                      window, feature_dim, window_factor_init, softmax_layers/softmax_every and ignores the gate fields).
     gate:            gated recurrence of the linear branch (see `liger_lm.GATES`).
     feature_map:     feature map φ applied to q and k of the linear branch.

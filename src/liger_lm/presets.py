@@ -25,12 +25,14 @@ PRESETS: dict[str, Preset] = {
     for preset in (
         Preset("paper", "the paper's Liger-GLA: 0.5 GLA + 0.5 window-64, LoRA r 8 on q/k/v, cross-entropy"),
         Preset(
-            "sinks",
-            "window 64 + 4 sink tokens and a normalised GLA branch; attention transfer, then distillation",
-            liger=dict(sinks=4, normalize=True, rec_weight=0.2, swa_weight=0.8),
-            train=dict(stages=("attn", "kd")),
+            "shared",
+            "window 64 + 4 sink tokens, GLA over the tokens that left the window under one softmax normaliser; "
+            "attention transfer, then distillation (LoRA r 16 on q/k/v/o)",
+            liger=dict(sinks=4, combine="shared", rec_logit_init=0.0),
+            train=dict(stages=(dict(objective="attn", share=0.25), dict(objective="kd", share=0.75)),
+                       lora_r=16, lora_alpha=16, lora_targets=("q_proj", "k_proj", "v_proj", "o_proj")),
             data="mix",
         ),
     )
 }
-DEFAULT_PRESET = "sinks"
+DEFAULT_PRESET = "shared"

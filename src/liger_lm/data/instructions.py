@@ -27,6 +27,7 @@ from typing import Any
 from .bigbench import EVAL_SUBTASKS, TRAINING_EXCLUDED_SUBTASKS, natural_instruction_subtasks, read_task_json
 from .errors import DataError
 from .prose import training_prose_records
+from .text import TEXT_CHUNK_CHARS, text_chunks
 
 __all__ = ["EVAL_SUBTASKS", "MAX_EXAMPLE_CHARS", "TEXT_CHUNK_CHARS", "TRAINING_EXCLUDED_SUBTASKS",
            "default_instruction_records", "load_instruction_records", "normalize_record", "text_chunks"]
@@ -34,7 +35,6 @@ __all__ = ["EVAL_SUBTASKS", "MAX_EXAMPLE_CHARS", "TEXT_CHUNK_CHARS", "TRAINING_E
 # About 300 tokens of English: with the longest definition (~2,000 characters) and the template a record stays
 # well under 1,024 tokens, and the many short records keep packed rows full.
 MAX_EXAMPLE_CHARS = 1200
-TEXT_CHUNK_CHARS = 2000
 LOCAL_SUFFIXES = (".json", ".jsonl", ".txt")
 _SECTION = re.compile(r"Definition:(.*?)(?:Things to Avoid:|Emphasis/Caution:|Prompt:|$)", re.S)
 
@@ -108,31 +108,6 @@ def normalize_record(row: Any, where: str) -> dict[str, str] | None:
             raise DataError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
     response = record.get("output", record.get("text"))
     return record if response.strip() else None
-
-
-def text_chunks(text: str, max_chars: int = TEXT_CHUNK_CHARS) -> list[str]:
-    """Paragraphs (split at blank lines) merged greedily into chunks of ≤ max_chars; longer paragraphs split at spaces."""
-    pieces = []
-    for paragraph in re.split(r"\n\s*\n", text):
-        pieces.extend(_split_words(paragraph.strip(), max_chars))
-    chunks: list[str] = []
-    for piece in pieces:
-        if chunks and len(chunks[-1]) + 2 + len(piece) <= max_chars:
-            chunks[-1] += "\n\n" + piece
-        else:
-            chunks.append(piece)
-    return chunks
-
-
-def _split_words(paragraph: str, max_chars: int) -> list[str]:
-    """`paragraph` cut at spaces into pieces of ≤ max_chars (a single longer word stays whole)."""
-    pieces: list[str] = []
-    for word in paragraph.split(" "):
-        if pieces and len(pieces[-1]) + 1 + len(word) <= max_chars:
-            pieces[-1] += " " + word
-        elif word:
-            pieces.append(word)
-    return pieces
 
 
 def _local_records(path: Path) -> list[dict[str, str]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 
 from .bigbench import HELD_OUT_PROSE_SUBTASKS, natural_instruction_subtasks, read_task_json
+from .text import text_chunks
 
 TRAINING_PROSE_SUBTASKS = tuple(f"subtask{i:03d}" for i in (*range(22, 29), *range(48, 62)))
 
@@ -47,9 +48,15 @@ def passages(prefixes: tuple[str, ...]) -> list[str]:
     return list(seen.values())
 
 
+# About 250 tokens: pieces this size pack 512-token rows densely (whole passages, up to ~700 tokens, would leave a
+# third of each row padding or be dropped).
+PROSE_PIECE_CHARS = 1_100
+
+
 def training_prose_records() -> list[dict[str, str]]:
-    """`{"text": passage}` records of the training prose (none of them is ever evaluated on)."""
-    return [{"text": text} for text in passages(TRAINING_PROSE_SUBTASKS)]
+    """`{"text": piece}` records of the training prose, passages cut at paragraph or word boundaries into pieces of
+    at most `PROSE_PIECE_CHARS` characters (none of them is ever evaluated on)."""
+    return [{"text": piece} for text in passages(TRAINING_PROSE_SUBTASKS) for piece in text_chunks(text, PROSE_PIECE_CHARS)]
 
 
 def held_out_prose() -> str:

@@ -1,4 +1,4 @@
-"""Gates of the recurrent branch (paper Table 1, DESIGN.md §1.1), all run by the same two ops in `liger_lm.ops`.
+"""Gates of the recurrent branch (paper Table 1, docs/method.md §1.1), all run by the same two ops in `liger_lm.ops`.
 
 Inputs per layer: the raw projections q [B, T, H, D] and k, v [B, T, H_kv, D] (with bias / q-k norms, no RoPE) and
 g = the gate source (the raw key by default, so H_kv heads). Feature maps and gates run on the H_kv heads; each kv

@@ -36,6 +36,7 @@ class TrainConfig:
     grad_accum: int = 8
     objective: str = "ce"
     kd_temperature: float = 1.0
+    logit_lr_scale: float = 100.0  # learning rate of new per-head logits (combine="shared"'s ω) relative to `lr`
     lr: float = 1e-3
     schedule: str = "cosine"
     warmup: float = 0.05  # fraction of the steps
@@ -134,7 +135,7 @@ def stage_plan(config: TrainConfig, method: str = "liger") -> list[tuple[str, Tr
 
 
 def lolcats_stages(config: TrainConfig) -> list[TrainConfig]:
-    """LoLCATs' two stages (DESIGN.md §1.3), splitting the token budget evenly.
+    """LoLCATs' two stages (docs/method.md §1.3), splitting the token budget evenly.
 
     1. attention transfer: only the feature maps and window factors, MSE to softmax attention, lr 1e-2, no LoRA;
     2. LoRA r 8, α 16 on q/k/v/o with next-token CE, lr 1e-4, feature maps frozen.

@@ -146,6 +146,7 @@ def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: b
         callbacks=[MetricsLog(out / "metrics.jsonl", name), MarkComplete(), *callbacks],
         objective=config.objective,
         kd_temperature=config.kd_temperature,
+        logit_lr_scale=config.logit_lr_scale,
     )
     output = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
     # Decided from the Trainer's own log (the same in every process), not metrics.jsonl (written by process 0 alone):
@@ -251,10 +252,25 @@ class RecoveryTrainer(Trainer):
     # compute_loss returns per-micro-batch means; the Trainer divides them by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, objective: str = "ce", kd_temperature: float = 1.0, **kwargs) -> None:
+    def __init__(self, *args, objective: str = "ce", kd_temperature: float = 1.0, logit_lr_scale: float = 1.0,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.kd_temperature = kd_temperature
+        self.logit_lr_scale = logit_lr_scale
+
+    def create_optimizer(self):
+        """AdamW as configured, with the per-head logits of `WITH_LORA_MODULES` at `logit_lr_scale` × the learning
+        rate: a logit has to move by whole units, where LoRA weights move by thousandths."""
+        logits = [p for n, p in self.model.named_parameters()
+                  if p.requires_grad and any(part in WITH_LORA_MODULES for part in n.split("."))]
+        if self.optimizer is not None or not logits or self.logit_lr_scale == 1:
+            return super().create_optimizer()
+        chosen = {id(p) for p in logits}
+        rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in chosen]
+        groups = [{"params": rest}, {"params": logits, "lr": self.args.learning_rate * self.logit_lr_scale}]
+        self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, weight_decay=self.args.weight_decay)
+        return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
