@@ -141,7 +141,7 @@ def test_convert_and_generate_every_gate_in_process(tiny_model_dir, tmp_path, ga
     runner = CliRunner()
     out = tmp_path / gate
     done = runner.invoke(app, ["convert", "--model", str(tiny_model_dir), "--out", str(out), "--gate", gate,
-                               "--num-slots", "4", "--softmax-every", "3"])
+                               "--num-slots", "4", "--softmax-every", "3", "--preset", "paper"])
     assert done.exit_code == 0, done.output
     assert AutoModelForCausalLM.from_pretrained(out).config.liger["gate"] == gate
     done = runner.invoke(app, ["generate", str(out), "--prompt", "w5 w6", "--max-new-tokens", "3"])
@@ -151,3 +151,23 @@ def test_convert_and_generate_every_gate_in_process(tiny_model_dir, tmp_path, ga
 def test_convert_help_lists_every_gate():
     done = liger("convert", "--help")
     assert done.returncode == 0 and all(f"{gate}:" in done.stdout for gate in liger_lm.GATES)
+
+
+def test_run_report_flags_what_looks_broken():
+    from liger_lm.run import findings
+
+    results = {
+        "generations": [{"prompt": "Hi?", "base": "Hello.", "liger": "  "}, {"prompt": "Sea?", "base": "x", "liger": "y"}],
+        "cache_bytes": {"liger": {128: 0, 1024: 7_000}},
+        "prose": {"ratio_to_base": {"liger": {"ratio": 2.4, "log_ratio_se": 0.1},
+                                    "liger_recurrent_off": {"ratio": 2.4, "log_ratio_se": 0.1}}},
+    }
+    found = findings(results)
+    assert len(found) == 4
+    assert "empty string" in found[0] and "'Hi?'" in found[0]
+    assert "after 128 tokens holds 0 bytes" in found[1]
+    assert "2.40× the base" in found[2]
+    assert "does not use it" in found[3]
+    healthy = {**results, "generations": results["generations"][1:], "cache_bytes": {"liger": {128: 7_000}},
+               "prose": {"ratio_to_base": {"liger": {"ratio": 1.2}, "liger_recurrent_off": {"ratio": 1.3}}}}
+    assert findings(healthy) == []

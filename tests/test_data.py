@@ -340,16 +340,16 @@ def ni_files(subtasks: dict) -> dict[str, dict]:
     return {f"natural_instructions/{name}/task.json": ni_task(name, examples) for name, examples in subtasks.items()}
 
 
-def test_default_set_skips_eval_and_same_source_subtasks(fake_cache):
+def test_default_set_skips_eval_same_source_and_held_out_prose_subtasks(fake_cache):
     fake_cache(ni_files(SUBTASKS))
     records = load_instruction_records("default", seed=0)
+    # Quoref (001, 002) is the held-out evaluation prose: never trained on, not even as instructions.
     expected = [
-        {"instruction": "Do subtask001_quoref_question_generation Carefully.", "input": "passage one", "output": "question one"},
-        {"instruction": "Do subtask002_quoref_answer_generation Carefully.", "input": "passage two", "output": "answer two"},
         {"instruction": "Do subtask046_miscellaenous_question_typing Carefully.", "input": "Is it a question?", "output": "yes"},
     ]
     assert sorted(records, key=sort_key) == sorted(expected, key=sort_key)
-    assert {"subtask029", "subtask030", "subtask042", "subtask047", "subtask033", "subtask041"} <= bigbench.TRAINING_EXCLUDED_SUBTASKS
+    assert {"subtask001", "subtask002", "subtask029", "subtask030", "subtask042", "subtask047", "subtask033",
+            "subtask041"} <= bigbench.TRAINING_EXCLUDED_SUBTASKS
     assert {p for ps in bigbench.EVAL_SUBTASKS.values() for p in ps} == {"subtask029", "subtask030", "subtask042", "subtask047"}
 
 

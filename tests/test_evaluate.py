@@ -435,3 +435,34 @@ def test_eval_command_errors_are_one_line(monkeypatch, capsys, tiny_model_dir, t
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and message in err and "Traceback" not in err
         assert len(err.strip().splitlines()) == 1
+
+
+def test_prose_perplexity_against_independent_forwards_and_positions():
+    from liger_lm.evaluate import perplexity_ratio, prose_perplexity
+
+    model, tokenizer = tiny_model("llama"), tiny_tokenizer()
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(4, 97, (3 * 33 + 5,), generator=generator).tolist()
+    text = " ".join(tokenizer.convert_ids_to_tokens(ids))
+    result = prose_perplexity(model, tokenizer, text, tokens=96, context=32, long_context=64, batch_size=2)
+    # Independent: each window of 33 tokens in one plain forward, NLL of its 32 next tokens.
+    window_nll = []
+    for start in range(0, 99, 33):
+        window = torch.tensor(ids[start : start + 33])[None]
+        with torch.no_grad():
+            logits = model(window).logits[0, :-1]
+        window_nll.append(F.cross_entropy(logits, window[0, 1:]).item())
+    assert result["window_nll"] == pytest.approx(window_nll, abs=1e-4)
+    mean = sum(window_nll) / 3
+    assert result["ppl"] == pytest.approx(math.exp(mean), rel=1e-4) and result["tokens"] == 96
+    se = (sum((x - mean) ** 2 for x in window_nll) / 2) ** 0.5 / 3**0.5
+    assert result["nll_se"] == pytest.approx(se, abs=1e-4)
+    window = torch.tensor(ids[:65])[None]
+    with torch.no_grad():
+        per_token = F.cross_entropy(model(window).logits[0, :-1], window[0, 1:], reduction="none")
+    assert list(result["by_position"]) == ["0-64"]  # buckets past long_context are left out
+    assert result["by_position"]["0-64"] == pytest.approx(math.exp(per_token.mean().item()), rel=1e-3)
+    same = perplexity_ratio(result, result)
+    assert same == {"ratio": 1.0, "log_ratio_se": 0.0}
+    with pytest.raises(liger_lm.evaluate.EvaluationError, match="fewer than"):
+        prose_perplexity(model, tokenizer, text, tokens=960, context=32, long_context=64)

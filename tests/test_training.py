@@ -241,7 +241,8 @@ def test_staged_attention_transfer_then_distillation_and_resume(instruction_file
     for stage in ("1-attn", "2-kd"):
         losses = [r["loss"] for r in records if r["stage"] == stage and "loss" in r]
         assert len(losses) == 6 and sum(losses[-2:]) < sum(losses[:2]), (stage, losses)
-        assert (tmp_path / "full" / f"{stage}.safetensors").is_file()
+    assert (tmp_path / "full" / "1-attn.safetensors").is_file()  # the last stage's result is the adapter alone
+    assert not (tmp_path / "full" / "2-kd.safetensors").exists()
     assert [s["objective"] for s in full.results["stages"]] == ["attn", "kd"]
     # Stage 2 trains on the records after those stage 1 used, none of them held out.
     first, second = (s["data"]["train"]["records"] for s in full.results["stages"])

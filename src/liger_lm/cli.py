@@ -61,6 +61,7 @@ def convert(
     window: Annotated[int | None, typer.Option("--window", help="Sliding-window size w in tokens.")] = None,
     sinks: Annotated[int | None, typer.Option("--sinks", help="Sink tokens: the window also attends to the first N real tokens.")] = None,
     normalize: Annotated[bool | None, typer.Option("--normalize/--no-normalize", help="Normalise the recurrent branch by q'·z.")] = None,
+    combine: Annotated[str | None, typer.Option("--combine", help="How the branches meet: sum (paper: α·o_rec + β·o_swa) or shared (one softmax normaliser, recurrence over what left the window).")] = None,
     rec_weight: Annotated[float | None, typer.Option("--rec-weight", help="α: weight of the recurrent branch.")] = None,
     swa_weight: Annotated[float | None, typer.Option("--swa-weight", help="β: weight of the window branch.")] = None,
     softmax_layers: Annotated[str | None, typer.Option("--softmax-layers", help="Layers kept as softmax attention, e.g. '0,8'.")] = None,
@@ -79,7 +80,7 @@ def convert(
     from .models import check_convertible
 
     overrides = dict(
-        method=method, gate=gate, window=window, sinks=sinks, normalize=normalize, rec_weight=rec_weight,
+        method=method, gate=gate, window=window, sinks=sinks, normalize=normalize, combine=combine, rec_weight=rec_weight,
         swa_weight=swa_weight, softmax_layers=None if softmax_layers is None else _layers(softmax_layers),
         softmax_every=softmax_every, gate_source=gate_source, num_slots=num_slots, gate_lower_bound=gate_lower_bound,
     )
@@ -99,13 +100,15 @@ def convert(
 
 
 def _preset_settings(preset: str, overrides: dict):
-    """The preset's `LigerConfig` with the options the user gave on top."""
+    """The preset's `LigerConfig` with the options the user gave on top (`--method lolcats`: the LoLCATs baseline's
+    own settings; a preset's Liger-only settings such as sinks do not apply to it)."""
     from .config import LigerConfig
     from .presets import PRESETS
 
     if preset not in PRESETS:
         raise typer.BadParameter(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}", param_hint="--preset")
-    return LigerConfig(**PRESETS[preset].liger).replace(**overrides)
+    base = {} if overrides.get("method") == "lolcats" else PRESETS[preset].liger
+    return LigerConfig(**base).replace(**overrides)
 
 
 @app.command()

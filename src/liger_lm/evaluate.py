@@ -339,7 +339,7 @@ def prose_perplexity(
     mean, se = window_nll.mean().item(), (window_nll.std() / math.sqrt(len(window_nll))).item()
     long = torch.tensor(ids[: tokens // long_context * (long_context + 1)]).view(-1, long_context + 1)
     by_token = torch.cat([token_nll(model, rows) for rows in long.split(1)]).mean(0)
-    edges = (0, *POSITION_BUCKETS, long_context)
+    edges = (0, *(edge for edge in POSITION_BUCKETS if edge < long_context), long_context)
     by_position = {f"{lo}-{hi}": round(math.exp(by_token[lo:hi].mean().item()), 3) for lo, hi in zip(edges, edges[1:])}
     return {"ppl": round(math.exp(mean), 3), "nll": round(mean, 5), "nll_se": round(se, 5), "tokens": len(window_nll) * context,
             "context": context, "long_context": long_context, "by_position": by_position,

@@ -385,8 +385,10 @@ def render_report(results: dict[str, Any]) -> str:
         "",
         f"- model: {results['model']}" + (f" ({results['model_note']})" if results["model_note"] else ""),
         f"- preset `{results['preset']}`: gate={liger['gate']}, window={liger['window']}, sinks={liger['sinks']}, "
-        f"normalize={liger['normalize']}, α={liger['rec_weight']}, β={liger['swa_weight']}, softmax layers="
-        f"{liger['softmax_layers'] or 'none'}; {results['conversion']['parameters']:,} parameters (none added)",
+        + (f"combine=shared (ω init {liger['rec_logit_init']})" if liger["combine"] == "shared" else
+           f"normalize={liger['normalize']}, α={liger['rec_weight']}, β={liger['swa_weight']}")
+        + f", softmax layers={liger['softmax_layers'] or 'none'}; {results['conversion']['parameters']:,} parameters"
+        + (" (+ one logit per head and layer)" if liger["combine"] == "shared" else " (none added)"),
         f"- fine-tune: {training['tokens_trained']:,} tokens (budget '{results['budget']['name']}', "
         f"{results['precision']}), {stages}, LoRA r={config['lora_r']} on {', '.join(config['lora_targets'])}; "
         f"held-out answer loss {training['eval_loss_before']} → {training['eval_loss_after']}",

@@ -5,8 +5,8 @@
                                         LoLCATs "transfer", "finetune"); a `COMPLETE` marker is written last, and only marked
                                         checkpoints are resumed from (a run killed while saving loses nothing)
     metrics.jsonl                       one line per logged step / evaluation
-    <stage>.safetensors                 what each stage trained (LoRA, LoLCATs feature maps), written when it
-                                        finished: a resumed run skips the stages that have one (but the last)
+    <stage>.safetensors                 what each stage before the last trained (LoRA, LoLCATs feature maps),
+                                        written when it finished: a resumed run skips the stages that have one
     adapter/                            the LoRA adapter (peft; plus LoLCATs feature maps) and the tokenizer
     merged/                             with `merge=True`: a standalone converted model (AutoModelForCausalLM)
     train_results.json                  tokens, steps, losses, held-out loss and perplexity before / after
@@ -91,10 +91,10 @@ def train(
     history = []
     for index, ((name, stage), data) in enumerate(zip(plan, stage_data)):
         # A resumed run skips the stages an earlier run finished (the last one resumes from its checkpoint instead).
-        skip = resume and index < len(plan) - 1
-        model, summary = _run_stage(model, data, stage, out, name, resume, callbacks, processes, skip)
+        last = index == len(plan) - 1
+        model, summary = _run_stage(model, data, stage, out, name, resume, callbacks, processes, last)
         history.append({"stage": name, "objective": stage.objective, **summary})
-    results = _finish(model, tokenizer, plan[-1][1], out, base_path, history, started, processes)
+    results = _finish(model, tokenizer, config, out, base_path, history, started, processes)
     if config.merge:
         model = _merge(model, tokenizer, out, processes)
     return TrainResult(model=model, results=results)
@@ -118,12 +118,12 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool, processes: PartialSta
     return out
 
 
-def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: bool, callbacks, processes, skip: bool):
+def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: bool, callbacks, processes, last: bool):
     """Train one stage on `data` (from `training_data`); returns the (maybe peft-wrapped) model and a loss summary."""
     set_seed(config.seed)
     model = _trainable(model, config)
-    finished = out / f"{name}.safetensors"  # what the stage trained, written when it finished
-    if skip and finished.is_file():
+    finished = out / f"{name}.safetensors"  # what a stage before the last trained, written when it finished
+    if resume and not last and finished.is_file():
         _load_trained(model, finished)  # finished in an earlier run: the later stages continue from it
         return model, {"skipped": "finished in an earlier run"}
     train_set, eval_set, data_stats = data
@@ -154,7 +154,7 @@ def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: b
     evaluated = [r for r in trainer.state.log_history if "eval_loss" in r]
     if len(eval_set) and (not evaluated or evaluated[-1].get("step") != trainer.state.global_step):
         trainer.evaluate()  # unless the schedule just evaluated at the last step
-    if processes.is_main_process:
+    if processes.is_main_process and not last:  # the last stage's result is the adapter
         _save_trained(model, finished)
     processes.wait_for_everyone()  # process 0 has logged every evaluation: all processes read the same losses
     before = MetricsLog.first_eval(out / "metrics.jsonl", name)
