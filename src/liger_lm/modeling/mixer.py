@@ -121,7 +121,10 @@ class LigerAttention(LinearizedAttention):
         first = buffered + 1 - window
         start, count = max(first, 0), max(min(length, first + length), 0)
         skip = length - count  # the first queries, with nothing old yet
-        reading = torch.zeros(q.shape[0], raw_keys.shape[1], *q.shape[2:], dtype=torch.float32, device=q.device)
+        # Past the last token written and the last state read nothing matters: a decode step runs 2 tokens, not w + 1.
+        needed = max(keys.shape[1] - window + 2, start + count)
+        raw_keys, values, write = raw_keys[:, :needed], values[:, :needed], write[:, :needed]
+        reading = torch.zeros(q.shape[0], needed, *q.shape[2:], dtype=torch.float32, device=q.device)
         reading[:, start : start + count] = q[:, skip:].float()
         state = cache.state if cache is not None else None
         out, state = GATES[self.liger.gate].run(reading, raw_keys, values, raw_keys, write, state,
