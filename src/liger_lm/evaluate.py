@@ -287,7 +287,7 @@ def text_perplexity(
 ) -> tuple[float, int]:
     """exp(mean next-token NLL) over the first `max_tokens` tokens of `text`, in one forward pass.
 
-    Returns (perplexity, number of predicted tokens). Kept for `run.py`: one window of `max_tokens` tokens.
+    Returns (perplexity, number of predicted tokens): one window of `max_tokens` tokens (`scripts/gate_table.py`).
     """
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
     result = perplexity_of_ids(model, ids, context=max_tokens, stride=max_tokens)
