@@ -95,8 +95,8 @@ def convert(
     with atomic_directory(out, overwrite=overwrite) as staging:
         liger.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-    name = "LoLCATs" if settings.method == "lolcats" else f"Liger-{settings.gate}"
-    console.print(f"[green]saved[/] {name} model (preset {preset}) to {out}")
+    name = "LoLCATs" if settings.method == "lolcats" else f"Liger-{settings.gate} (preset {preset})"
+    console.print(f"[green]saved[/] {name} model to {out}")
 
 
 def _preset_settings(preset: str, overrides: dict):
