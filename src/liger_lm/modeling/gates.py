@@ -56,7 +56,7 @@ def _to_heads(heads: int, keep: torch.Tensor | None, *tensors: torch.Tensor) -> 
     return [torch.where(keep[:, :, None, None], t, 0.0) for t in tensors]
 
 
-def _with_ones(v: torch.Tensor) -> torch.Tensor:
+def with_ones_column(v: torch.Tensor) -> torch.Tensor:
     """v with one more value column of 1: the same recurrence then also carries z_t = diag(a_t) z_{t−1} + write_t."""
     return torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
 
@@ -70,7 +70,7 @@ def _linear(q_feat, write_key, v, log_decay, keep, state: State | None, config: 
     """o_t = q_feat_t S_t,  S_t = diag(exp(log_decay_t)) S_{t−1} + write_key_tᵀ v_t;
     with `normalize`: o_t / (q_feat_t · z_t),  z_t = diag(exp(log_decay_t)) z_{t−1} + write_key_t."""
     if normalize:
-        v = _with_ones(v)
+        v = with_ones_column(v)
     write_key, v, log_decay = _to_heads(q_feat.shape[2], keep, write_key, v, log_decay.clamp(min=MIN_LOG_DECAY))
     initial = state[0] if state else None
     o, final = gla(q_feat, write_key, v, log_decay, initial_state=initial, chunk_size=config.chunk_size)
@@ -108,7 +108,7 @@ def _mlstm(q, k, v, g, keep, state, config):
     # The normaliser n is the same recurrence with a value of 1: one extra value column carries it.
     log_decay = F.logsigmoid(_pool(g, 1)).expand(-1, -1, -1, k.shape[-1])
     # Its own normaliser already: `normalize` does not apply.
-    o, new_state = _linear(q.softmax(-1), k.softmax(-1), _with_ones(v), log_decay, keep, state, config, False)
+    o, new_state = _linear(q.softmax(-1), k.softmax(-1), with_ones_column(v), log_decay, keep, state, config, False)
     return o[..., :-1] / o[..., -1:].abs().clamp(min=1.0), new_state
 
 
@@ -117,7 +117,7 @@ def _rwkv6(q, k, v, g, keep, state, config):
     with `normalize`: o_t / φ(q_t)(z_{t−1} + φ(k_t)),  z_t = diag(a_t) z_{t−1} + φ(k_t)."""
     q_feat = q.softmax(-1)
     if config.normalize:
-        v = _with_ones(v)
+        v = with_ones_column(v)
     k_feat, v, log_decay = _to_heads(q.shape[2], keep, k.softmax(-1), v, (-torch.exp(g)).clamp(min=MIN_LOG_DECAY))
     # Reading S_{t−1} is the standard recurrence over inputs shifted one token right.
     initial = state[0] if state else None

@@ -30,7 +30,7 @@ from ..ops.swa import gather_sinks, sink_mask
 from .adapters import ArchitectureAdapter
 from .attention import LinearizedAttention
 from .cache import LigerCacheLayer
-from .gates import GATES, _with_ones
+from .gates import GATES, with_ones_column
 
 
 class RecurrentLogit(nn.Module):
@@ -102,6 +102,13 @@ class LigerAttention(LinearizedAttention):
         out = window_share[..., None] * o_swa.float() + numerator / (normaliser + offset.exp()).clamp(min=1e-30)[..., None]
         return out, state, (*stream, raw_keys)
 
+    def _unnormalised(self) -> LigerConfig:
+        """The settings with `normalize` off (the shared form divides by Z itself), made once per settings object."""
+        if self.__dict__.get("_unnormalised_for") is not self.liger:
+            self.__dict__["_unnormalised_for"] = self.liger
+            self.__dict__["_unnormalised_config"] = self.liger.replace(normalize=False)
+        return self.__dict__["_unnormalised_config"]
+
     def _left_the_window(self, q, raw_keys, stream, cache: LigerCacheLayer | None):
         """N_t [B, T, H, D], Z_t [B, T, H] over the tokens that left query t's window (no sinks), and the new state.
 
@@ -116,7 +123,7 @@ class LigerAttention(LinearizedAttention):
                           else torch.zeros_like(valid))
         write[:, max(keys.shape[1] - (window - 1), 0):] = False
         pad = lambda x: F.pad(x, (0,) * (2 * (x.dim() - 2)) + (1, 0))  # noqa: E731  one empty token in front
-        raw_keys, values, write = pad(raw_keys.float()), pad(_with_ones(values.float())), pad(write)
+        raw_keys, values, write = pad(raw_keys.float()), pad(with_ones_column(values.float())), pad(write)
         # Query t (stream' index buffered + t + 1) reads the state at stream' index buffered + t + 1 − w.
         first = buffered + 1 - window
         start, count = max(first, 0), max(min(length, first + length), 0)
@@ -128,7 +135,7 @@ class LigerAttention(LinearizedAttention):
         reading[:, start : start + count] = q[:, skip:].float()
         state = cache.state if cache is not None else None
         out, state = GATES[self.liger.gate].run(reading, raw_keys, values, raw_keys, write, state,
-                                                self.liger.replace(normalize=False))
+                                                self._unnormalised())
         out = F.pad(out[:, start : start + count], (0, 0, 0, 0, skip, 0))  # queries with nothing old: 0
         return out[..., :-1], out[..., -1], state
 
