@@ -255,3 +255,18 @@ def test_staged_attention_transfer_then_distillation_and_resume(instruction_file
     lora = lambda model: [(n, p) for n, p in model.named_parameters() if "lora_" in n]  # noqa: E731
     for (name, a), (_, b) in zip(lora(full.model), lora(resumed.model)):
         assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_presets_are_valid_and_paper_is_the_paper():
+    from liger_lm.run import BUDGETS
+
+    for preset in liger_lm.PRESETS.values():
+        liger_lm.LigerConfig(**preset.liger)  # raises on a bad setting
+        for budget in BUDGETS.values():
+            budget.train_config(preset.data, seed=0, **preset.train).validate()
+    paper = liger_lm.PRESETS["paper"]
+    assert liger_lm.LigerConfig(**paper.liger) == liger_lm.LigerConfig()  # no sinks, the plain sum, the paper's gate
+    recipe = TrainConfig().replace(**paper.train)
+    assert (recipe.objective, recipe.lora_r, recipe.lora_alpha, recipe.lora_targets, recipe.lr, recipe.stages) == (
+        "ce", 8, 8, ("q_proj", "k_proj", "v_proj"), 1e-3, ())
+    assert liger_lm.DEFAULT_PRESET in liger_lm.PRESETS

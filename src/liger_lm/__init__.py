@@ -8,14 +8,17 @@ from .modeling.gates import GATES
 from .modeling.hf import register_auto_classes
 from .modeling.layout import decode_layout
 from .modeling.mixer import LigerAttention
-from . import evaluate
+from . import evaluate, presets
 from .models import DEFAULT_MODEL_NOTE, load_default_model, load_model
+from .presets import DEFAULT_PRESET, PRESETS
 
 register_auto_classes()
 
 __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MODEL_NOTE",
+    "DEFAULT_PRESET",
+    "PRESETS",
     "FEATURE_MAPS",
     "GATES",
     "LigerAttention",
@@ -29,4 +32,5 @@ __all__ = [
     "is_converted",
     "load_default_model",
     "load_model",
+    "presets",
 ]
