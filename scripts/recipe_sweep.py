@@ -3,8 +3,9 @@
     python scripts/recipe_sweep.py --tokens 24576 --out sweep.jsonl NAME=JSON_OVERRIDES ...
 
 Each candidate converts a fresh copy of the default model with the default preset's conversion settings (or the
-candidate's "liger" entry), fine-tunes it on `--data` for `--tokens` tokens with the default preset's training settings and the
-candidate's `TrainConfig` overrides, and scores `--eval-tokens` tokens of the held-out prose; ratios are paired against the base model.
+candidate's "liger" entry), fine-tunes it on `--data` for `--tokens` tokens with the default preset's training
+settings and the candidate's `TrainConfig` overrides, and scores `--eval-tokens` tokens of the held-out prose;
+ratios are paired against the base model.
 """
 
 from __future__ import annotations

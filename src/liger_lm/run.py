@@ -124,7 +124,7 @@ class RunOptions:
         settings = {
             "model": self.model, "preset": self.preset, "liger": self.liger.to_dict(),
             "budget": asdict(BUDGETS[self.budget]), "training": self.train_config().to_dict(), "data": self.data,
-            "tasks": self.task_sizes(), "seed": self.seed, "precision": self.training_precision(),
+            "tasks": self.task_sizes(), "seed": self.seed,  # the resolved precision is in "training"
         }
         return json.loads(json.dumps(settings))  # as stored in run.json
 

@@ -119,8 +119,9 @@ class LigerAttention(LinearizedAttention):
         keys, values, valid = stream
         window, length = self.liger.window, q.shape[1]
         buffered = keys.shape[1] - length
-        write = valid & ~(sink_mask(valid, self.liger.sinks, self._real_before(keys, cache)) if self.liger.sinks
-                          else torch.zeros_like(valid))
+        write = valid.clone()
+        if self.liger.sinks:  # sinks stay exact in the window branch; the recurrence skips them
+            write &= ~sink_mask(valid, self.liger.sinks, self._real_before(keys, cache))
         write[:, max(keys.shape[1] - (window - 1), 0):] = False
         pad = lambda x: F.pad(x, (0,) * (2 * (x.dim() - 2)) + (1, 0))  # noqa: E731  one empty token in front
         raw_keys, values, write = pad(raw_keys.float()), pad(with_ones_column(values.float())), pad(write)

@@ -186,15 +186,20 @@ def _trainable(model: nn.Module, config: TrainConfig) -> nn.Module:
         )
         model = model if isinstance(model, PeftModel) else get_peft_model(model, lora)
     for name, param in model.named_parameters():
-        parts = name.split(".")
-        in_feature_map = any(part in FEATURE_MAP_MODULES for part in parts)
-        with_lora = any(part in WITH_LORA_MODULES for part in parts) and "original_module" not in parts
+        in_feature_map = _in_modules(name, FEATURE_MAP_MODULES)
+        # peft's modules_to_save keeps the untrained original beside the trained copy: only the copy trains.
+        with_lora = _in_modules(name, WITH_LORA_MODULES) and "original_module" not in name.split(".")
         is_lora = "lora_" in name
         param.requires_grad = ((config.use_lora and (is_lora or with_lora))
                                or (config.train_feature_maps and in_feature_map))
     if not any(p.requires_grad for p in model.parameters()):
         raise TrainConfigError("no trainable parameters: check lora_targets against the model's module names")
     return model
+
+
+def _in_modules(parameter_name: str, modules: tuple[str, ...]) -> bool:
+    """Whether the parameter lives in a submodule named in `modules` (at any depth)."""
+    return any(part in modules for part in parameter_name.split("."))
 
 
 def _training_arguments(
@@ -262,8 +267,7 @@ class RecoveryTrainer(Trainer):
     def create_optimizer(self):
         """AdamW as configured, with the per-head logits of `WITH_LORA_MODULES` at `logit_lr_scale` × the learning
         rate: a logit has to move by whole units, where LoRA weights move by thousandths."""
-        logits = [p for n, p in self.model.named_parameters()
-                  if p.requires_grad and any(part in WITH_LORA_MODULES for part in n.split("."))]
+        logits = [p for n, p in self.model.named_parameters() if p.requires_grad and _in_modules(n, WITH_LORA_MODULES)]
         if self.optimizer is not None or not logits or self.logit_lr_scale == 1:
             return super().create_optimizer()
         chosen = {id(p) for p in logits}
