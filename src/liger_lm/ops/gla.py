@@ -142,15 +142,17 @@ def _scan_chunks(k, v, b, state):
         S_next = diag(exp(b_last)) S_prev + Σ_s (k_s ⊙ exp(b_last − b_s))ᵀ v_s     (every exponent <= 0)
     All chunks' writes are one batched matmul, leaving one fused multiply-add per chunk to run in sequence.
     The entering states hold K·V/C floats per token and head: O(T), like the inputs.
+    They are stacked at the end rather than written into one tensor: under autograd every in-place slice write
+    copies the whole tensor's gradient in the backward pass, O(N²) in the number of chunks (it dominated training).
     """
     b_last = b[:, :, -1:, :]
-    states = (k * (b_last - b).exp()).transpose(-1, -2) @ v
+    writes = (k * (b_last - b).exp()).transpose(-1, -2) @ v
     chunk_decay = b_last.exp().transpose(-1, -2)
-    for n in range(k.shape[0]):
-        next_state = torch.addcmul(states[n], chunk_decay[n], state)
-        states[n] = state  # chunk n's write, now used, makes room for the state entering it
-        state = next_state
-    return states, state
+    entering = []
+    for write, decay in zip(writes.unbind(0), chunk_decay.unbind(0)):
+        entering.append(state)
+        state = torch.addcmul(write, decay, state)
+    return torch.stack(entering), state
 
 
 # Long inputs run as consecutive segments whose working tensors stay near 8 MB: large blocks come from the OS on
