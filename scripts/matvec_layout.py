@@ -1,5 +1,5 @@
 """Rates behind the CPU speed choices: mat-vec weight layout (`liger_lm.decode_layout`), fresh vs reused blocks
-(the segments of `liger_lm.ops.gla`) and fp32 vs bf16 matmul (`liger_lm.hardware.fast_bf16`).
+(the segments of `liger_lm.ops.recurrence`) and fp32 vs bf16 matmul (`liger_lm.hardware.fast_bf16`).
 
 Usage: python scripts/matvec_layout.py [--copies 30] [--calls 20]
 For each weight shape of the default model (30 layers: q/o 576×576, k/v 192×576, gate/up 1536×576, down 576×1536;

@@ -1,11 +1,10 @@
-import importlib
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from liger_lm.ops.gla import (
+from liger_lm.ops.recurrence import (
     chunk_gla,
     chunk_gla_value_decay,
     gla,
@@ -13,9 +12,8 @@ from liger_lm.ops.gla import (
     naive_recurrent_gla,
     naive_recurrent_gla_value_decay,
 )
+from liger_lm.ops import recurrence
 from liger_lm.ops.swa import gather_sinks, naive_sliding_window_attention, sliding_window_attention
-
-gla_module = importlib.import_module("liger_lm.ops.gla")  # the package exports a function of the same name
 
 
 def assert_close_to(actual, expected):
@@ -76,8 +74,8 @@ def test_chunk_gla_gradients_match_recurrence(decay):
                                                      (chunk_gla_value_decay, naive_recurrent_gla_value_decay, "value")])
 def test_long_inputs_run_in_segments_with_the_same_result(monkeypatch, chunked, naive, decay_on):
     # 2·3·max(8, 5, 8·5/4) = 60 values a token: a budget of 500 gives segments of 8 tokens (2 chunks of 4).
-    monkeypatch.setattr(gla_module, "SEGMENT_ELEMENTS", 500)
-    assert gla_module._segment_length(torch.empty(2, 1, 3, 8), torch.empty(2, 1, 3, 5), 4) == 8
+    monkeypatch.setattr(recurrence, "SEGMENT_ELEMENTS", 500)
+    assert recurrence._segment_length(torch.empty(2, 1, 3, 8), torch.empty(2, 1, 3, 5), 4) == 8
     torch.manual_seed(7)
     inputs = gla_inputs(length=29, decay="uniform5", decay_on=decay_on)
     state = torch.randn(2, 3, 8, 5)

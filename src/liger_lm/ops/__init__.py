@@ -2,7 +2,7 @@
 Triton kernels used for GLA on CUDA when importable (`fla_backend`)."""
 
 from liger_lm.ops.fla_backend import BACKENDS, BackendError, fla_available, get_backend, set_backend, use_backend
-from liger_lm.ops.gla import (
+from liger_lm.ops.recurrence import (
     chunk_gla,
     chunk_gla_value_decay,
     gla,

@@ -28,6 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .blocks import pad_time, pair_blocks
+
 State = tuple[torch.Tensor, torch.Tensor]  # (U [B, H, F, D], z [B, H, F]), fp32
 
 
@@ -183,15 +185,6 @@ def _mix(q, k, v, q_feat, k_feat, key_valid, gamma, window, scale, state: State)
     return (numerator / safe[..., None]).flatten(-3, -2)
 
 
-def _pad_time(x, left, right):
-    """Zero/False-pad dim 1 of a [B, S, ...] tensor."""
-    return F.pad(x, (0, 0) * (x.dim() - 2) + (left, right))
-
-
-def _pair_blocks(x, block):
-    """[B, (N + 1)·w, ...] → [B, N, 2w, ...]: each block next to the one before it."""
-    x = x.unflatten(1, (-1, block))
-    return torch.cat([x[:, :-1], x[:, 1:]], dim=2)
 
 
 def _blocked(q, k, v, q_feat, k_feat, key_valid, gamma, window, scale, state: State):
@@ -200,8 +193,8 @@ def _blocked(q, k, v, q_feat, k_feat, key_valid, gamma, window, scale, state: St
     length, past = q.shape[1], k.shape[1] - q.shape[1]
     left, right = window - past, -length % window
     # Padded keys are invalid with zero φ(k) and v, so they count nowhere.
-    k, v, k_feat, key_valid = (_pad_time(x, left, right) for x in (k, v, k_feat, key_valid))
-    q_blocks, qf_blocks = (_pad_time(x, 0, right).unflatten(1, (-1, window)) for x in (q, q_feat))
+    k, v, k_feat, key_valid = (pad_time(x, left, right) for x in (k, v, k_feat, key_valid))
+    q_blocks, qf_blocks = (pad_time(x, 0, right).unflatten(1, (-1, window)) for x in (q, q_feat))
 
     # Per key block: Σ φ(k)ᵀ v [B, N + 1, H, F, D] and Σ φ(k) [B, N + 1, H, F].
     block_u, block_z = _fold((0.0, 0.0), k_feat.unflatten(1, (-1, window)), v.unflatten(1, (-1, window)))
@@ -209,7 +202,7 @@ def _blocked(q, k, v, q_feat, k_feat, key_valid, gamma, window, scale, state: St
     before_u = state[0][:, None] + F.pad(cum_u[:, :-2], (0, 0) * 3 + (1, 0))  # [B, N, H, F, D]
     before_z = state[1][:, None] + F.pad(cum_z[:, :-2], (0, 0) * 2 + (1, 0))
 
-    k_pairs, v_pairs, kf_pairs, valid_pairs = (_pair_blocks(x, window) for x in (k, v, k_feat, key_valid))
+    k_pairs, v_pairs, kf_pairs, valid_pairs = (pair_blocks(x, window) for x in (k, v, k_feat, key_valid))
     out = _mix(q_blocks, k_pairs, v_pairs, qf_blocks, kf_pairs, valid_pairs, gamma, window, scale, (before_u, before_z))
     final = (state[0] + cum_u[:, -1], state[1] + cum_z[:, -1])
     return out.flatten(1, 2)[:, :length], final

@@ -18,6 +18,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .blocks import pad_time, pair_blocks
+
 BEFORE_STREAM = -(2**30)  # position of a sink key kept from an earlier call: before every key of the stream
 
 
@@ -122,15 +124,6 @@ def naive_sliding_window_attention(q, k, v, window, scale, key_valid=None, sinks
     return _attend(q, k, v, allowed[..., None, None, :, :], scale, with_lse)
 
 
-def _pad_time(x, left, right):
-    """Zero/False-pad dim 1 of a [B, S, ...] tensor."""
-    return F.pad(x, (0, 0) * (x.dim() - 2) + (left, right))
-
-
-def _pair_blocks(x, block):
-    """[B, (N + 1)·w, ...] -> [B, N, 2w, ...]: each block next to the one before it."""
-    x = x.unflatten(1, (-1, block))
-    return torch.cat([x[:, :-1], x[:, 1:]], dim=2)
 
 
 def _sink_allowed(sinks: Sinks, query_pos: torch.Tensor, window: int) -> torch.Tensor:
@@ -146,11 +139,11 @@ def _blocked_attention(q, k, v, window, scale, key_valid, sinks: Sinks | None, w
     past = k.shape[1] - length
     start, left, right = max(past - window, 0), max(window - past, 0), -length % window
     # Padded keys are marked invalid, so they are never attended.
-    k, v, key_valid = (_pad_time(x[:, start:], left, right) for x in (k, v, key_valid))
+    k, v, key_valid = (pad_time(x[:, start:], left, right) for x in (k, v, key_valid))
     band = _band_mask(window, 2 * window, window, q.device)
-    allowed = band & _pair_blocks(key_valid, window)[:, :, None, :]
-    q_blocks = _pad_time(q, 0, right).unflatten(1, (-1, window)).flatten(0, 1)
-    k_blocks, v_blocks = (_pair_blocks(x, window) for x in (k, v))
+    allowed = band & pair_blocks(key_valid, window)[:, :, None, :]
+    q_blocks = pad_time(q, 0, right).unflatten(1, (-1, window)).flatten(0, 1)
+    k_blocks, v_blocks = (pair_blocks(x, window) for x in (k, v))
     if sinks is not None:
         blocks = allowed.shape[1]
         query_pos = past + torch.arange(blocks * window, device=q.device)
