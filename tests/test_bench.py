@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +16,7 @@ import torch
 from conftest import tiny_model
 from liger_lm import LigerConfig
 from liger_lm.benchmark import BenchmarkError, BenchOptions, parse_sizes, run_benchmark
-from liger_lm.benchmark import measure, ops_bench
+from liger_lm.benchmark import llama_cpp, measure, ops_bench
 
 FP32 = 4
 
@@ -85,7 +88,8 @@ def _liger_bytes(config, batch, window):
     return config.num_hidden_layers * (state + buffer)
 
 
-def test_model_benchmark_end_to_end(tmp_path):
+def test_model_benchmark_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(llama_cpp, "_import_llama_cpp", lambda: None)  # the same JSON whether or not it is installed
     model = tiny_model("llama")
     config = model.config
     options = BenchOptions(
@@ -139,3 +143,129 @@ def test_cli_bench_ops_and_bad_lengths(tmp_path):
                           str(tmp_path / "c")], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--lengths" in bad.stderr
     assert not (tmp_path / "c").exists()
+
+
+class FakeLlama:
+    """Stands in for llama_cpp.Llama: records what the benchmark asks of it in a file (it runs in a forked child),
+    sleeps a little per evaluated token."""
+
+    log: Path | None = None
+    crash = False
+
+    def __init__(self, model_path, n_ctx, n_batch, n_threads, n_threads_batch, verbose):
+        self.n_ctx, self.tokens = n_ctx, 0
+        call = {"model_path": model_path, "n_ctx": n_ctx, "n_threads": n_threads, "n_threads_batch": n_threads_batch}
+        with FakeLlama.log.open("a") as handle:
+            handle.write(json.dumps(call) + "\n")
+        if FakeLlama.crash:
+            os.kill(os.getpid(), signal.SIGKILL)  # a hard crash (0.3.36 built here segfaulted; SIGSEGV would trip
+            # pytest's faulthandler into printing a traceback)
+
+    def n_vocab(self):
+        return 97
+
+    def reset(self):
+        self.tokens = 0
+
+    def eval(self, tokens):
+        assert all(3 <= t < 97 for t in tokens)
+        self.tokens += len(tokens)
+        assert self.tokens <= self.n_ctx
+        time.sleep(0.001 * len(tokens))
+
+
+def _fake_llama_cpp(monkeypatch, tmp_path, crash=False):
+    module = type(sys)("llama_cpp")
+    module.Llama, module.__version__ = FakeLlama, "0.0-fake"
+    monkeypatch.setattr(FakeLlama, "log", tmp_path / "llama_calls.jsonl")
+    monkeypatch.setattr(FakeLlama, "crash", crash)
+    monkeypatch.setattr(llama_cpp, "_import_llama_cpp", lambda: module)
+
+
+def _fake_calls(tmp_path) -> list[dict]:
+    path = tmp_path / "llama_calls.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_llama_cpp_not_installed_is_one_line_and_the_benchmark_goes_on(monkeypatch):
+    monkeypatch.setattr(llama_cpp, "_import_llama_cpp", lambda: None)
+    lines = []
+    section = llama_cpp.run_llama_cpp("default", [16], 2, lines.append)
+    assert section == {"available": False, "reason": section["reason"]} and "not installed" in section["reason"]
+    assert len(lines) == 1 and "\n" not in lines[0] and "liger-lm[bench]" in lines[0]
+
+
+def test_llama_cpp_import_of_an_absent_module_returns_none(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def import_module(name, *args):
+        if name == "llama_cpp":
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", import_module)
+    assert llama_cpp._import_llama_cpp() is None
+
+
+def test_llama_cpp_needs_a_gguf(monkeypatch, tmp_path):
+    _fake_llama_cpp(monkeypatch, tmp_path)
+    section = llama_cpp.run_llama_cpp(str(tmp_path), [16], 2, lambda _: None)
+    assert not section["available"] and "not a GGUF" in section["reason"] and not _fake_calls(tmp_path)
+
+
+def test_a_crash_inside_llama_cpp_is_one_line_and_the_benchmark_goes_on(monkeypatch, tmp_path):
+    _fake_llama_cpp(monkeypatch, tmp_path, crash=True)
+    lines = []
+    section = llama_cpp.run_llama_cpp("tiny.gguf", [16, 40], 2, lines.append)
+    assert not section["available"] and "L=16" in section["reason"] and "-9" in section["reason"]
+    assert len(lines) == 1 and "\n" not in lines[0] and len(_fake_calls(tmp_path)) == 1
+
+
+def test_model_benchmark_with_weight_formats_and_a_fake_llama_cpp(tmp_path, monkeypatch):
+    """int8 / bf16 weight rows beside the fp32 ones, and llama.cpp's rows in the same JSON, summary, table and plot."""
+    _fake_llama_cpp(monkeypatch, tmp_path)
+    options = BenchOptions(
+        out=tmp_path, model="tiny.gguf", lengths=[16, 40], batches=[1], dtypes=["fp32"],
+        weights=["fp32", "int8", "bf16"], decode_tokens=2, repeats=1, max_seconds=5.0, short_prefill=12,
+        prefill_token_cap=40, forward_length=24, liger=LigerConfig(window=8),
+    )
+    results = run_benchmark(options, model=tiny_model("llama"))
+    saved = json.loads((tmp_path / "model.json").read_text())
+    assert saved["summary"] == results["summary"] and (tmp_path / "model.png").stat().st_size > 0
+    variants = {(r["model"], r["variant"], r["weights"], r["dtype"]) for r in saved["rows"]}
+    assert variants == {(m, v, w, "fp32") for m in ("base", "liger")
+                        for v, w in (("fp32", "fp32"), ("int8-weights", "int8"), ("bf16-weights", "bf16"))}
+    assert len(saved["rows"]) == 3 * 2 * 2
+    read = saved["decode_read_mb"]
+    assert read["int8-weights"] < read["bf16-weights"] < read["fp32"]  # bytes a decode step reads
+    assert saved["weights_mb"]["fp32"] > saved["weights_mb"]["int8-weights"]
+    llama = saved["llama_cpp"]
+    assert llama["available"] and llama["gguf"] == "tiny.gguf" and llama["threads"] == torch.get_num_threads()
+    assert [r["length"] for r in llama["rows"]] == [16, 40]
+    for row in llama["rows"]:
+        assert row["decode"]["tokens_per_s"] > 0 and row["decode"]["steps"] == options.decode_tokens
+        assert row["prefill"]["tokens_per_s"] == pytest.approx(row["length"] / row["prefill"]["seconds"], rel=1e-2)
+    calls = _fake_calls(tmp_path)
+    assert [c["n_ctx"] for c in calls] == [16 + 3, 40 + 3] and calls[0]["model_path"] == "tiny.gguf"
+    assert all(c["n_threads"] == c["n_threads_batch"] == torch.get_num_threads() for c in calls)
+    summary = saved["summary"]
+    decode = {str(r["length"]): r["decode"]["tokens_per_s"] for r in llama["rows"]}
+    assert summary["llama_cpp"]["decode_b1_tok_s"] == decode
+    int8 = summary["int8-weights"]
+    liger_int8 = next(r for r in saved["rows"] if r["model"] == "liger" and r["variant"] == "int8-weights"
+                      and r["length"] == 40)["decode"]["tokens_per_s"]
+    assert int8["liger_over_llama_cpp_decode_b1"]["40"] == pytest.approx(
+        liger_int8 / llama["rows"][1]["decode"]["tokens_per_s"], rel=1e-2, abs=1e-3)
+    base_fp32 = next(r for r in saved["rows"] if r["model"] == "base" and r["variant"] == "fp32"
+                     and r["length"] == 40)["decode"]["tokens_per_s"]
+    assert int8["liger_over_base_fp32_decode"]["batch1_len40"] == pytest.approx(liger_int8 / base_fp32, rel=1e-2)
+    table = (tmp_path / "model.md").read_text()
+    assert "| int8-weights | liger | 1 | 40 |" in table and "llama.cpp" in table
+
+
+def test_bad_weight_format_is_one_line(tmp_path):
+    with pytest.raises(BenchmarkError, match="--weights: unknown 'int4'") as err:
+        run_benchmark(BenchOptions(out=tmp_path, weights=["fp32", "int4"]))
+    assert "\n" not in str(err.value)

@@ -26,6 +26,8 @@ def test_convert_then_generate_round_trip(tiny_model_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.liger["window"] == 8 and model.config.liger["softmax_layers"] == [1]
+    card = (out / "README.md").read_text()  # plain transformers cannot load it: the folder says how
+    assert "import liger_lm" in card and "`liger_llama`" in card
     assert isinstance(model.model.layers[0].self_attn, liger_lm.LigerAttention)
 
     done = liger("generate", str(out), "--prompt", "w5 w6", "--prompt", "w7", "--max-new-tokens", "5")

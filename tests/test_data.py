@@ -20,7 +20,7 @@ from conftest import tiny_tokenizer
 from liger_lm.data import DataError, MultipleChoiceExample
 from liger_lm.data import bigbench
 from liger_lm.data.instructions import MAX_EXAMPLE_CHARS, load_instruction_records, task_definition, text_chunks
-from liger_lm.data.packing import ALPACA_TEMPLATE, IGNORE_INDEX, format_prompt, pack_records, train_eval_split
+from liger_lm.data.packing import ALPACA_TEMPLATE, IGNORE_INDEX, format_prompt, pack_records
 from liger_lm.data.tasks import (
     DEFAULT_SUITE,
     TASKS,
@@ -160,22 +160,6 @@ def test_pad_falls_back_to_eos():
     packed = pack_records(records_of_lengths([2]), tokenizer, seq_len=64)
     real = int(packed.attention_mask.sum())
     assert packed.input_ids[0, real:].eq(EOS).all() and packed.labels[0, real:].eq(IGNORE_INDEX).all()
-
-
-def test_train_eval_split_is_seeded_and_disjoint():
-    records = list(range(50))
-    train, held = train_eval_split(records, 0.1, seed=3)
-    assert len(held) == 5 and sorted(train + held) == records
-    assert train_eval_split(records, 0.1, seed=3) == (train, held)
-    assert train_eval_split(records, 0.1, seed=4)[1] != held
-    no_held = train_eval_split(records, 0.0, seed=3)
-    assert no_held[1] == [] and sorted(no_held[0]) == records
-    assert len(train_eval_split(records[:3], 0.01)[1]) == 1
-    for bad in (-0.1, 1.0):
-        with pytest.raises(DataError):
-            train_eval_split(records, bad)
-    with pytest.raises(DataError):
-        train_eval_split(records[:1], 0.5)
 
 
 # ------------------------------------------------------------------------------------- instruction loaders

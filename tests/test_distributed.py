@@ -100,7 +100,8 @@ def test_two_process_training_then_resume(tiny_model_dir, instruction_file, tmp_
     assert len(re.findall(r"^done [\d,]+ tokens", done.stderr, re.M)) == PROCESSES  # both finished the command
 
     # One adapter, one results file, written by process 0 alone.
-    assert sorted(p.name for p in run.iterdir()) == ["adapter", "checkpoints", "metrics.jsonl", "train_results.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["adapter", "checkpoints", "metrics.jsonl", "train_config.json",
+                                                     "train_results.json"]
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     results = json.loads((run / "train_results.json").read_text())
     stage = results["stages"][0]

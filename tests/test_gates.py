@@ -22,7 +22,8 @@ def reference_recurrent(gate: str, q, k, v, g, config: liger_lm.LigerConfig) -> 
     """Per-token loop written from the docs/method.md table, independent of liger_lm's gate code. All [B, T, H, D]."""
     tau, gamma, slots = config.gate_normalizer, config.gate_lower_bound, config.num_slots
     batch, length, heads, dim = q.shape
-    qf, kf = q.softmax(-1), k.softmax(-1)
+    phi = {"softmax": lambda x: x.softmax(-1), "elu": lambda x: F.elu(x) + 1}[config.feature_map]
+    qf, kf = phi(q), phi(k)
     pooled = g.mean(-1, keepdim=True)
     state = torch.zeros(batch, heads, dim, dim)
     norm = torch.zeros(batch, heads, dim)
@@ -80,10 +81,11 @@ GATE_VARIANTS = [(gate, False) for gate in GATE_NAMES] + [(gate, True) for gate 
 
 
 @pytest.mark.parametrize("gate,normalize", GATE_VARIANTS)
-@pytest.mark.parametrize("gate_source", ["k", "q"])
+@pytest.mark.parametrize("gate_source,feature_map", [("k", "softmax"), ("q", "softmax"), ("k", "elu")])
 @torch.no_grad()
-def test_gate_equals_the_per_token_transcription_of_the_table(gate, normalize, gate_source):
-    config = liger_lm.LigerConfig(gate=gate, gate_source=gate_source, num_slots=6, chunk_size=4, normalize=normalize)
+def test_gate_equals_the_per_token_transcription_of_the_table(gate, normalize, gate_source, feature_map):
+    config = liger_lm.LigerConfig(gate=gate, gate_source=gate_source, num_slots=6, chunk_size=4, normalize=normalize,
+                                  feature_map=feature_map)
     model = liger_lm.convert(tiny_model("qwen3"), config)
     mixer = model.model.layers[0].self_attn
     hidden = torch.randn(2, 21, model.config.hidden_size)
@@ -168,6 +170,7 @@ def test_single_branch_ablations_decode_consistently(rec_weight, swa_weight):
         (dict(num_slots=0), "num_slots must be a positive integer"),
         (dict(gate_lower_bound=1.0), "gate_lower_bound must be in"),
         (dict(softmax_every=-1), "softmax_every must be"),
+        (dict(feature_map="relu"), "unknown feature_map 'relu'; choose one of: softmax, elu"),
     ],
 )
 def test_new_settings_are_validated(overrides, message):

@@ -1,13 +1,16 @@
-"""Reliability through the real command line: one-line errors for bad inputs, SIGKILL + `--resume`, saves killed
-half-way, a NaN loss, determinism, and a source scan for pickle / `trust_remote_code` (docs/reliability.md)."""
+"""Reliability through the real command line: one-line errors for bad inputs, existing outputs kept byte for byte,
+SIGKILL + `--resume`, damaged checkpoints, saves killed half-way, a NaN loss, determinism, and a source scan for
+pickle / `trust_remote_code` (docs/reliability.md)."""
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,12 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_model, tiny_tokenizer
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 import liger_lm
 from liger_lm.cli import main
-from liger_lm.io import write_json_atomic
+from liger_lm.io import output_lock, write_json_atomic
 
 SOURCE = Path(liger_lm.__file__).parent
 # 16 optimizer steps of one 64-token row, a checkpoint every 4: long enough to be killed between checkpoints.
@@ -120,6 +123,14 @@ def inputs(tmp_path_factory) -> Path:
     save(DistilBertModel(DistilBertConfig(n_layers=1, dim=16, n_heads=2, hidden_dim=32, vocab_size=97)), "distilbert")
     save(liger_lm.convert(tiny_model("llama"), window=4), "converted")
     save(tiny_model("llama"), "no-weights")
+    missing = save(tiny_model("llama"), "missing-tensor") / "model.safetensors"
+    weights = load_file(missing)
+    del weights["model.layers.0.self_attn.q_proj.weight"]
+    save_file(weights, missing, metadata={"format": "pt"})
+    edit_config(save(liger_lm.convert(tiny_model("llama"), window=4), "edited-method"),
+                lambda c: c["liger"].update(method="lolcats"))
+    edit_config(save(tiny_model("llama"), "other-shapes"), lambda c: c.update(intermediate_size=32))
+    edit_config(save(tiny_model("llama"), "odd-heads"), lambda c: c.update(num_attention_heads=5))
     (root / "no-weights" / "model.safetensors").unlink()
     weights = save(tiny_model("llama"), "truncated") / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
@@ -137,13 +148,28 @@ def inputs(tmp_path_factory) -> Path:
     (root / "long.jsonl").write_text(json.dumps({"instruction": " ".join(["w5"] * 80), "output": "w6"}) + "\n")
     write_records(root / "three.jsonl", 3)
     write_records(root / "small.jsonl", 60)
+    (root / "latin1.jsonl").write_bytes(b'{"instruction": "w5", "output": "w6"}\n{"instruction": "caf\xe9", "output": "w6"}\n')
+    (root / "afile").write_text("a file where a folder is expected\n")
+    (root / "read-only").mkdir(mode=0o555)
+    (root / "text.txt").write_text(" ".join(f"w{(7 * i) % 90 + 5}" for i in range(300)))
+    (root / "task.jsonl").write_text("".join(json.dumps({"query": f"w{i} w{i + 1}", "choices": [f"w{i + 2}", f"w{i + 7}"],
+                                                        "label": i % 2}) + "\n" for i in range(5, 15)))
     return root
+
+
+def edit_config(folder: Path, edit) -> None:
+    """Apply `edit` to the config.json of a saved model folder (as a user editing it by hand would)."""
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config))
 
 
 CONVERT = ["convert", "--model", "{d}/base", "--out", "{d}/new"]
 TRAIN = ["train", "{d}/converted", "--out", "{d}/new", "--seq-len", "64", "--max-tokens", "1k"]
 GENERATE = ["generate", "{d}/converted", "--prompt", "w5 w6", "--max-new-tokens", "4"]
 NEEDS_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+# A folder nothing can be created in: permissions do not stop root, a sysfs folder does.
+READ_ONLY = "/sys" if os.geteuid() == 0 else "{d}/read-only"
 
 
 def case(name: str, args: list[str], fragment: str, subprocess: bool = False, marks=()):
@@ -187,6 +213,46 @@ BAD_INPUTS = [
          marks=NEEDS_NO_CUDA),
     case("bench-cuda-on-cpu", ["bench", "--ops", "--device", "cuda", "--out", "{d}/new"], "no CUDA GPU is visible",
          marks=NEEDS_NO_CUDA),
+    # issue 17: settings that would run and be silently wrong
+    case("rec-weight-inf", [*CONVERT, "--rec-weight", "inf"], "rec_weight must be a finite number, got inf"),
+    case("lr-inf", [*TRAIN, "--data", "{d}/small.jsonl", "--lr", "inf"], "lr must be a finite number, got inf"),
+    case("temperature-inf", [*GENERATE, "--sample", "--temperature", "inf"], "must be a finite number, got inf"),
+    case("missing-weight", ["convert", "--model", "{d}/missing-tensor", "--out", "{d}/new"],
+         "do not match its config.json: 1 weight(s) missing (model.layers.0.self_attn.q_proj.weight)", subprocess=True),
+    case("config-edited-to-another-method", ["generate", "{d}/edited-method", "--prompt", "w5"],
+         "9 weight(s) missing (model.layers.0.self_attn.feature_map_k.weight"),
+    case("weights-of-another-shape", ["generate", "{d}/other-shapes", "--prompt", "w5"],
+         "9 weight(s) of another shape (model.layers.0.mlp.down_proj.weight: (48, 64) stored, (48, 32) from config.json)"),
+    case("hidden-size-not-divisible-by-heads", ["convert", "--model", "{d}/odd-heads", "--out", "{d}/new"],
+         "config.json is not valid (The hidden size (48) is not a multiple of the number of attention heads (5).)"),
+    case("seq-len-past-positions", [*TRAIN, "--data", "{d}/small.jsonl", "--seq-len", "512"],
+         "seq_len=512 exceeds the model's 256 positions"),
+    case("ppl-context-past-positions", ["eval", "{d}/converted", "--tasks", "none", "--ppl", "{d}/text.txt", "--context",
+                                        "512", "--stride", "256"], "windows of 299 tokens exceed the model's 256 positions"),
+    case("empty-prompt", ["generate", "{d}/converted", "--prompt", ""], "the prompt is empty; give some text"),
+    case("blank-prompt", ["generate", "{d}/converted", "--prompt", "  "], "the prompt is empty; give some text"),
+    case("empty-prompt-among-several", ["generate", "{d}/converted", "--prompt", "w5", "--prompt", ""],
+         "prompt 2 of 2 is empty"),
+    case("lora-target-typo", [*TRAIN, "--data", "{d}/small.jsonl", "--lora-targets", "q_proj,k_prj"],
+         "lora_targets ['k_prj'] name no module of this model; its linear layers are down_proj, gate_proj, k_proj"),
+    # issue 17: raw or late messages
+    case("data-not-utf8", [*TRAIN, "--data", "{d}/latin1.jsonl"], "latin1.jsonl line 2 is not UTF-8 text (byte 0xe9)"),
+    case("long-record-with-held-out-records", [*TRAIN, "--data", "{d}/long.jsonl"],
+         "all 1 records are longer than seq_len=64 tokens; raise seq_len"),
+    case("convert-out-through-a-file", ["convert", "--model", "{d}/base", "--out", "{d}/afile/new"],
+         "afile is a file, not a folder; choose another --out"),
+    case("train-out-through-a-file", [*TRAIN[:3], "{d}/afile/new", *TRAIN[4:]], "afile is a file, not a folder"),
+    case("eval-out-through-a-file", ["eval", "{d}/converted", "--tasks", "{d}/task.jsonl", "--out", "{d}/afile/r.json"],
+         "afile is a file, not a folder"),
+    case("eval-out-is-a-folder", ["eval", "{d}/converted", "--tasks", "{d}/task.jsonl", "--out", "{d}/existing"],
+         "existing: it is a folder, not a file"),
+    case("bench-out-through-a-file", ["bench", "--ops", "--lengths", "64", "--out", "{d}/afile/new"],
+         "afile is a file, not a folder"),
+    case("run-out-through-a-file", ["run", "--model", "{d}/base", "--out", "{d}/afile/new", "--budget", "tiny"],
+         "afile is a file, not a folder"),
+    case("read-only-out", ["convert", "--model", "{d}/base", "--out", f"{READ_ONLY}/new"], "is not writable"),
+    case("run-task-file-misspelt", ["run", "--model", "{d}/base", "--out", "{d}/new", "--budget", "tiny", "--data",
+                                    "{d}/small.jsonl", "--tasks", "{d}/taks.jsonl"], "task file {d}/taks.jsonl not found"),
 ]
 
 
@@ -198,6 +264,7 @@ def _error_lines(stderr: str) -> list[str]:
 @pytest.mark.parametrize("args,fragment,also_subprocess", BAD_INPUTS)
 def test_bad_input_fails_with_one_line_and_exit_code_2(inputs, capsys, args, fragment, also_subprocess):
     args = [a.replace("{d}", str(inputs)) for a in args]
+    fragment = fragment.replace("{d}", str(inputs))
     assert liger_in_process(*args) == 2
     stderr = capsys.readouterr().err
     assert len(_error_lines(stderr)) == 1 and fragment in _error_lines(stderr)[0], stderr
@@ -297,6 +364,183 @@ def test_nan_loss_stops_the_cli_with_one_line_and_keeps_the_last_good_checkpoint
     kept = load_file(checkpoints / "checkpoint-4" / "adapter_model.safetensors")
     assert kept and all(torch.isfinite(t).all() for t in kept.values())
     assert not (out / "train_results.json").exists()
+
+
+# --- existing outputs: nothing lost (issue 17) ---------------------------------------------------------------------
+
+def checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder` (hidden ones too): equal before and after = nothing lost, nothing left."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def finished_run(root: Path, reference: Path) -> None:
+    shutil.copytree(reference, root / "run")
+
+
+def unfinished_run(root: Path, reference: Path) -> None:
+    """The reference run as a kill after checkpoint-12 leaves it (checkpoint-16, the adapter and the results gone)."""
+    finished_run(root, reference)
+    shutil.rmtree(root / "run" / "checkpoints" / "finetune" / "checkpoint-16")
+    shutil.rmtree(root / "run" / "adapter")
+    (root / "run" / "train_results.json").unlink()
+
+
+def earlier_results(root: Path, _reference: Path) -> None:
+    (root / "results.json").write_text('{"earlier": true}\n')
+    (root / "bench").mkdir()
+    (root / "bench" / "ops.json").write_text('{"earlier": true}\n')
+    (root / "bench" / "ops.png").write_bytes(b"earlier")
+
+
+RESUME = ["train", "{d}/converted", "--out", "{t}/run", "--data", "{d}/small.jsonl", *TRAIN_ARGS]
+# (case, set-up of the earlier outputs in {t}, arguments, exit code, fragment of the one error line / of the output)
+KEEP_EXISTING = [
+    pytest.param(finished_run, [*RESUME, "--overwrite", "--lora-targets", "q_prj"], 2,
+                 "lora_targets ['q_prj'] name no module", id="overwrite-with-a-typo"),
+    pytest.param(unfinished_run, [*RESUME, "--resume", "--seq-len", "128"], 2,
+                 "run was started with other settings (seq_len 64 → 128); resume it with the settings", id="resume-seq-len"),
+    pytest.param(unfinished_run, [*RESUME, "--resume", "--lr", "1e-3"], 2, "(lr 0.01 → 0.001)", id="resume-lr"),
+    pytest.param(unfinished_run, [*RESUME, "--resume", "--max-tokens", "2k"], 2, "(max_tokens 1024 → 2000)",
+                 id="resume-token-budget"),
+    pytest.param(unfinished_run, [*RESUME, "--resume", "--lora-r", "4"], 2, "(lora_r 8 → 4)", id="resume-lora-r"),
+    pytest.param(finished_run, [*RESUME, "--resume"], 0, "holds a finished run", id="resume-finished"),
+    pytest.param(earlier_results, ["eval", "{d}/converted", "--tasks", "{d}/task.jsonl", "--out", "{t}/results.json"], 2,
+                 "results.json already exists; choose another --out or pass --overwrite", id="eval-out-exists"),
+    pytest.param(earlier_results, ["bench", "--ops", "--lengths", "64", "--repeats", "1", "--out", "{t}/bench"], 2,
+                 "ops.json already exists; choose another --out or pass --overwrite", id="bench-out-exists"),
+]
+
+
+@pytest.mark.parametrize("setup,args,code,fragment", KEEP_EXISTING)
+def test_existing_outputs_are_kept_byte_for_byte(inputs, reference_run, tmp_path, capsys, setup, args, code, fragment):
+    setup(tmp_path, reference_run)
+    before = checksums(tmp_path)
+    assert liger_in_process(*[a.replace("{d}", str(inputs)).replace("{t}", str(tmp_path)) for a in args]) == code
+    stderr = capsys.readouterr().err
+    lines = _error_lines(stderr)
+    assert (len(lines) == 1 and fragment in lines[0]) if code else (not lines and fragment in stderr), stderr
+    assert checksums(tmp_path) == before  # every earlier file unchanged, and no staging folder or lock left
+
+
+def test_overwrite_that_fails_half_way_keeps_the_finished_run(inputs, reference_run, tmp_path, capsys, monkeypatch):
+    finished_run(tmp_path, reference_run)
+    before = checksums(tmp_path / "run")
+    monkeypatch.setattr("liger_lm.training.trainer.cross_entropy", lambda *_: torch.tensor(float("nan")))
+    assert liger_in_process(*[a.replace("{d}", str(inputs)).replace("{t}", str(tmp_path)) for a in RESUME],
+                            "--overwrite") == 2
+    assert "the ce loss became nan" in _error_lines(capsys.readouterr().err)[0]
+    assert checksums(tmp_path / "run") == before
+    assert (tmp_path / ".run.new").is_dir()  # the new run, kept for --resume; the old one is still in place
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(inputs) -> tuple[Path, list[str]]:
+    """A finished tiny `liger run` (fp32, one thread) and its arguments."""
+    out = inputs / "pipeline"
+    args = ["run", "--model", inputs / "base", "--out", out, "--window", "8", "--max-new-tokens", "2", "--budget", "tiny",
+            "--data", inputs / "small.jsonl", "--tasks", f"{inputs / 'task.jsonl'}=6", "--precision", "fp32"]
+    assert liger_in_process(*args) == 0
+    return out, [str(a) for a in args]
+
+
+def test_run_overwrite_replaces_the_run_only_once_complete(pipeline_run, capsys, monkeypatch):
+    out, args = pipeline_run
+    before = checksums(out)
+    misspelt = [a.replace("task.jsonl", "taks.jsonl") for a in args]
+    assert liger_in_process(*misspelt, "--overwrite") == 2  # refused before anything is touched
+    assert "taks.jsonl not found" in _error_lines(capsys.readouterr().err)[0]
+    assert checksums(out) == before
+
+    def fails(*_, **__):
+        raise liger_lm.errors.DataError("the evaluation failed half-way")
+
+    with monkeypatch.context() as patch:  # a failure after conversion and training: the old run is still whole
+        patch.setattr("liger_lm.run.evaluate_suite", fails)
+        assert liger_in_process(*args, "--seed", "1", "--overwrite") == 2
+    assert checksums(out) == before
+
+    assert liger_in_process(*args, "--seed", "1", "--overwrite") == 0
+    assert json.loads((out / "run.json").read_text())["seed"] == 1 and not (out.parent / ".pipeline.new").exists()
+    model, _ = liger_lm.load_model(str(out / "train" / "adapter"))  # its base model path points into the new run
+    assert model.config.liger["window"] == 8
+
+
+def test_a_second_writer_is_refused_and_a_stale_lock_is_not(inputs, tmp_path, capsys):
+    out = tmp_path / "model"
+    with output_lock(out):  # another process writing `out`, as a second `liger run` on one folder would
+        assert liger_in_process("convert", "--model", inputs / "base", "--out", out) == 2
+    assert "is being written by another liger process" in _error_lines(capsys.readouterr().err)[0]
+    (tmp_path / ".model.lock").write_text("12345")  # left by a killed process: the lock itself died with it
+    assert liger_in_process("convert", "--model", inputs / "base", "--out", out) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+@pytest.mark.parametrize("damaged", ["adapter_model.safetensors", "optimizer.pt", "trainer_state.json"])
+def test_resume_falls_back_past_a_damaged_checkpoint(inputs, reference_run, tmp_path, capsys, damaged):
+    finished_run(tmp_path, reference_run)
+    run = tmp_path / "run"
+    shutil.rmtree(run / "adapter")
+    (run / "train_results.json").unlink()
+    broken = run / "checkpoints" / "finetune" / "checkpoint-16" / damaged  # complete, then cut short (a full disk)
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    assert liger_in_process(*[a.replace("{d}", str(inputs)).replace("{t}", str(tmp_path)) for a in RESUME],
+                            "--resume") == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and f"checkpoint-16 is damaged ({damaged} cannot be read" in warning[0]
+    assert "resuming from checkpoint-12" in warning[0]
+    expected, got = adapter_weights(reference_run), adapter_weights(run)
+    assert max((expected[name] - got[name]).abs().max().item() for name in expected) <= 1e-6
+    assert logged_losses(run) == logged_losses(reference_run)
+
+
+@pytest.mark.parametrize("args", [
+    ["convert", "--model", "{d}/base", "--out", "{d}/afile/x"],
+    ["train", "{d}/converted", "--out", "{d}/afile/x", "--data", "{d}/small.jsonl"],
+    ["eval", "{d}/converted", "--tasks", "{d}/task.jsonl", "--out", "{d}/afile/x.json"],
+    ["bench", "--model", "{d}/base", "--lengths", "64", "--batch", "1", "--out", "{d}/afile/x"],
+    ["run", "--model", "{d}/base", "--out", "{d}/afile/x", "--budget", "tiny", "--data", "{d}/small.jsonl",
+     "--tasks", "{d}/task.jsonl"],
+], ids=["convert", "train", "eval", "bench", "run"])
+def test_out_is_checked_before_any_model_is_loaded(inputs, capsys, monkeypatch, args):
+    def loading(*_, **__):
+        raise AssertionError("a model was loaded before --out was checked")
+
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", loading)
+    assert liger_in_process(*[a.replace("{d}", str(inputs)) for a in args]) == 2
+    assert "afile is a file, not a folder" in _error_lines(capsys.readouterr().err)[0]
+
+
+def test_a_bug_shows_its_traceback_and_asks_for_a_report(inputs, capsys, monkeypatch):
+    def broken(*_, **__):
+        raise KeyError("a bug, not a bad input")
+
+    monkeypatch.setattr("liger_lm.generation.generate_text", broken)
+    assert liger_in_process("generate", inputs / "converted", "--prompt", "w5") == 1
+    stderr = capsys.readouterr().err
+    assert "Traceback" in stderr and "KeyError: 'a bug, not a bad input'" in stderr and not _error_lines(stderr)
+    assert "bug: this is a bug in liger-lm" in stderr and "please report it" in stderr
+
+
+def test_every_error_is_a_liger_error_and_keeps_its_old_base():
+    from liger_lm import errors
+    from liger_lm.benchmark import BenchmarkError
+    from liger_lm.data.errors import DataError
+    from liger_lm.evaluate import EvaluationError
+    from liger_lm.generation import PromptTooLongError
+    from liger_lm.harness import HarnessArgumentError
+    from liger_lm.io import OutputExistsError
+    from liger_lm.models import ModelLoadError
+    from liger_lm.ops.fla_backend import BackendError
+    from liger_lm.training import NonFiniteLossError, TrainConfigError
+
+    old_bases = {liger_lm.LigerConfigError: ValueError, TrainConfigError: ValueError, DataError: ValueError,
+                 EvaluationError: ValueError, ModelLoadError: ValueError, liger_lm.UnsupportedModelError: ValueError,
+                 PromptTooLongError: ValueError, BenchmarkError: ValueError, BackendError: ValueError,
+                 HarnessArgumentError: ValueError, NonFiniteLossError: RuntimeError, OutputExistsError: FileExistsError}
+    for error, base in old_bases.items():
+        assert issubclass(error, errors.LigerError) and issubclass(error, base), error
+        assert error.__module__ == "liger_lm.errors", error  # one module holds the family
 
 
 # --- atomic writes ----------------------------------------------------------------------------------------------

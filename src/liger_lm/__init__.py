@@ -1,16 +1,17 @@
 """liger-lm: linearize pretrained Llama / Mistral / Qwen2 / Qwen3 models with Liger (arXiv 2503.01496)."""
 
-from .config import FEATURE_MAPS, LigerConfig, LigerConfigError
+from .config import LigerConfig, LigerConfigError
 from .convert import convert, is_converted
 from .modeling.adapters import UnsupportedModelError
 from .modeling.cache import LigerCacheLayer
-from .modeling.gates import GATES
+from .modeling.gates import FEATURE_MAPS, GATES
 from .modeling.hf import register_auto_classes
 from .modeling.layout import decode_layout
 from .modeling.mixer import LigerAttention
 from . import evaluate, presets
 from .models import DEFAULT_MODEL_NOTE, load_default_model, load_model
 from .presets import DEFAULT_PRESET, PRESETS
+from .quantize import QuantizedLinear, quantize_for_decode
 
 register_auto_classes()
 
@@ -33,4 +34,6 @@ __all__ = [
     "load_default_model",
     "load_model",
     "presets",
+    "QuantizedLinear",
+    "quantize_for_decode",
 ]

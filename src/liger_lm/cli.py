@@ -1,15 +1,26 @@
-"""`liger`: a thin command line over the library API (convert → generate → run)."""
+"""`liger`: a thin command line over the library API (convert → generate → run).
+
+torch, transformers and the library modules are imported inside the commands, so that `liger --help` and usage
+errors answer at once.
+"""
 
 from __future__ import annotations
 
+import errno
+import logging
+import math
 import sys
+import traceback
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand
 
+from .errors import LigerError
 from .presets import DEFAULT_PRESET
 
 app = typer.Typer(
@@ -36,9 +47,37 @@ def _gate_list() -> str:
 GATE_HELP = "Gated recurrence of the linear branch (list below)."
 
 
+class _WithGateList(TyperCommand):
+    """A command whose help ends with the gate list, built only when the help is shown (the gates import torch)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        self.epilog = _gate_list()
+        super().format_help(ctx, formatter)
+
+
+class _ConsoleWarnings(logging.Handler):
+    """The library's warnings (e.g. a damaged checkpoint skipped on --resume), one yellow line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        console.print("[yellow]warning:[/]", escape(" ".join(record.getMessage().split())))
+
+
+WARNINGS = _ConsoleWarnings(logging.WARNING)
+
+
 @app.callback()
 def _options(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False):
     STATE["debug"] = debug
+    library = logging.getLogger("liger_lm")
+    if WARNINGS not in library.handlers:
+        library.addHandler(WARNINGS)
+
+
+def _finite(value: float | None) -> float | None:
+    """Option callback: inf and nan pass click's range checks (nan compares false), then break the model or the loop."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value}")
+    return value
 
 
 def _layers(text: str) -> list[int]:
@@ -51,7 +90,7 @@ def _layers(text: str) -> list[int]:
 PRESET_HELP = "Named recipe (conversion settings and fine-tune): 'paper' is the paper's exact Liger-GLA; the default is the best measured (README: Presets)."
 
 
-@app.command(epilog=_gate_list())
+@app.command(cls=_WithGateList)
 def convert(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the converted model to.")],
     model: Annotated[str, typer.Option("--model", help=MODEL_HELP)] = "default",
@@ -76,7 +115,8 @@ def convert(
     import torch
 
     from . import convert as convert_model, load_model
-    from .io import atomic_directory
+    from .convert import write_model_card
+    from .io import atomic_directory, claim_output
     from .models import check_convertible
 
     overrides = dict(
@@ -85,16 +125,16 @@ def convert(
         softmax_every=softmax_every, gate_source=gate_source, num_slots=num_slots, gate_lower_bound=gate_lower_bound,
     )
     settings = _preset_settings(preset, {name: value for name, value in overrides.items() if value is not None})
-    if out.exists() and not overwrite:
-        _fail(f"{out} already exists; choose another --out or pass --overwrite")
     check_convertible(model)
-    with console.status(f"loading {model}"):
-        base, tokenizer = load_model(model)
-    torch.manual_seed(seed)  # same seed, same converted weights (LoLCATs draws feature-map columns when f > D)
-    liger = convert_model(base, settings)
-    with atomic_directory(out, overwrite=overwrite) as staging:
-        liger.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+    with claim_output(out, overwrite):
+        with console.status(f"loading {model}"):
+            base, tokenizer = load_model(model)
+        torch.manual_seed(seed)  # same seed, same converted weights (LoLCATs draws feature-map columns when f > D)
+        liger = convert_model(base, settings)
+        with atomic_directory(out, overwrite=overwrite) as staging:
+            liger.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            write_model_card(staging)
     name = "LoLCATs" if settings.method == "lolcats" else f"Liger-{settings.gate} (preset {preset})"
     console.print(f"[green]saved[/] {name} model to {out}")
 
@@ -117,21 +157,26 @@ def generate(
     prompt: Annotated[list[str], typer.Option("--prompt", help="Prompt text; repeat for a batch.")],
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 64,
     sample: Annotated[bool, typer.Option("--sample", help="Sample (temperature/top-p) instead of greedy.")] = False,
-    temperature: Annotated[float, typer.Option("--temperature", min=0.01)] = 0.7,
-    top_p: Annotated[float, typer.Option("--top-p", min=0.01, max=1.0)] = 0.9,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.01, callback=_finite)] = 0.7,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.01, max=1.0, callback=_finite)] = 0.9,
     chat: Annotated[bool, typer.Option("--chat/--no-chat", help="Apply the tokenizer's chat template.")] = True,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when visible), cpu or cuda[:N].")] = "auto",
+    weights: Annotated[str, typer.Option("--weights", help="Weight format of the linear layers while generating: fp32, bf16 or int8 (faster decoding, README: Speed and memory).")] = "fp32",
 ):
     """Generate text with a (converted) model using the constant-memory Liger cache."""
     from . import load_model
-    from .generation import generate_text
+    from .generation import check_prompts, generate_text
     from .models import resolve_device
+    from .quantize import check_format, quantize_for_decode
 
+    check_prompts(prompt)
+    check_format(weights, "--weights")
     target = resolve_device(device)  # before loading: a missing GPU must not cost a model load
     with console.status(f"loading {model_dir}"):
         model, tokenizer = load_model(model_dir)
     model.to(target)
+    quantize_for_decode(model, weights)
     texts = generate_text(
         model, tokenizer, prompt, max_new_tokens, sample=sample, temperature=temperature, top_p=top_p, chat=chat, seed=seed
     )
@@ -161,13 +206,14 @@ def train(
     precision: Annotated[str, typer.Option("--precision", help="auto (bf16 where fast), fp32 or bf16.")] = "auto",
     prompt_loss: Annotated[bool, typer.Option("--prompt-loss", help="Also train on prompt tokens (the paper: answers only).")] = False,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the last complete checkpoint in --out.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the last complete checkpoint in --out (with the settings the run was started with).")] = False,
     merge: Annotated[bool, typer.Option("--merge", help="Also write merged standalone weights to --out/merged.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Delete --out and start over.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over: the new run is built beside --out and replaces it once finished.")] = False,
 ):
     """Recover quality with a LoRA fine-tune (transformers Trainer); resumable, with held-out loss and a JSONL log."""
     from . import load_model
     from .data.instructions import LOCAL_SUFFIXES, load_instruction_records
+    from .io import check_writable
     from .training import NonFiniteLossError, TrainConfig, train as train_model
 
     config = TrainConfig(
@@ -177,6 +223,7 @@ def train(
         save_every=save_every, precision=precision, seed=seed, merge=merge, prompt_loss=prompt_loss,
         stages=tuple(name for name in stages.split(",") if name.strip()),
     ).validate()
+    check_writable(out)
     if out.exists() and not (resume or overwrite):
         _fail(f"{out} already exists; pass --resume to continue it or --overwrite to start over")
     if data.lower().endswith(LOCAL_SUFFIXES):  # a bad local file fails before a (possibly long) model load
@@ -190,6 +237,11 @@ def train(
         console.line()  # below the interrupted progress bar
         _fail(str(err))
     summary = result.results
+    if result.finished_earlier:
+        console.print(f"[green]finished already[/] {out} holds a finished run ({summary['tokens_trained']:,} tokens, "
+                      f"held-out loss {summary['eval_loss_before']} → {summary['eval_loss_after']}); nothing to "
+                      "resume: pass --overwrite to train it again")
+        return
     console.print(
         f"[green]done[/] {summary['tokens_trained']:,} tokens in {summary['seconds']} s; held-out loss "
         f"{summary['eval_loss_before']} → {summary['eval_loss_after']} (perplexity {summary['eval_perplexity_before']}"
@@ -224,7 +276,7 @@ def run(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     precision: Annotated[str, typer.Option("--precision", help="Fine-tune precision: auto (bf16 where the hardware runs it natively), fp32 or bf16.")] = "auto",
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 32,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of reusing finished steps in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over instead of reusing finished steps in --out: the new run is built beside it and replaces it once complete.")] = False,
 ):
     """The whole pipeline: load → convert → fine-tune → evaluate base and Liger → recovery report (reuses finished steps)."""
     from .evaluate import parse_task_spec
@@ -250,29 +302,34 @@ def bench(
     lengths: Annotated[str, typer.Option("--lengths", help="Context lengths, e.g. '1k,4k,16k' (k = 1024).")] = "1k,4k,16k",
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes, e.g. '1,16'.")] = "1,16",
     dtype: Annotated[str, typer.Option("--dtype", help="Weight dtypes: 'fp32', 'bf16', 'fp32,bf16' or 'auto' (bf16 too where the hardware runs it natively).")] = "auto",
+    weights: Annotated[str, typer.Option("--weights", help="Also measure these weight formats of the linear layers on the fp32 models, e.g. 'fp32,bf16,int8' (fp32: nothing more).")] = "fp32",
     decode_tokens: Annotated[int, typer.Option("--decode-tokens", help="Decode steps per measurement (median step).")] = 16,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed repeats per prefill / op (median).")] = 5,
-    max_seconds: Annotated[float, typer.Option("--max-seconds", help="Stop repeating a measurement after this long.")] = 20.0,
+    max_seconds: Annotated[float, typer.Option("--max-seconds", help="Stop repeating a measurement after this long.", callback=_finite)] = 20.0,
     short_prefill: Annotated[int, typer.Option("--short-prefill", help="Prefill length of the Liger state for batches too large to prefill.")] = 256,
     prefill_token_cap: Annotated[int, typer.Option("--prefill-token-cap", help="Prefill only where batch × length <= this.")] = 16384,
     forward_length: Annotated[int, typer.Option("--forward-length", help="T of the forward-throughput test (fp32 vs bf16 autocast).")] = 2048,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results (NAME.json, NAME.png) already in --out.")] = False,
 ):
     """Speed and memory: base model vs Liger (prefill, decode, memory per length and batch), or the ops (--ops)."""
     import json
 
     from .benchmark import BenchOptions, parse_sizes, run_benchmark
+    from .io import claim_output
 
     options = BenchOptions(
         out=out, model=model, ops=ops, lengths=parse_sizes(lengths, "--lengths"), batches=parse_sizes(batch, "--batch"),
         dtypes=_bench_dtypes(dtype, device), decode_tokens=decode_tokens, repeats=repeats,
         max_seconds=max_seconds, short_prefill=short_prefill, prefill_token_cap=prefill_token_cap,
-        forward_length=forward_length, device=device,
+        forward_length=forward_length, device=device, weights=[w.strip() for w in weights.split(",") if w.strip()],
     )
-    results = run_benchmark(options, log=lambda message: console.print(f"[cyan]›[/] {message}"))
-    typer.echo(json.dumps(results["summary"], indent=2))
     name = "ops" if ops else "model"
-    console.print(f"[green]done[/] → {out / (name + '.json')}, {out / (name + '.png')}")
+    files = [out / f"{name}.json", out / f"{name}.png"]
+    with claim_output(out, overwrite, outputs=files):  # before the benchmark, which can take many minutes
+        results = run_benchmark(options, log=lambda message: console.print(f"[cyan]›[/] {message}"))
+    typer.echo(json.dumps(results["summary"], indent=2))
+    console.print(f"[green]done[/] → {files[0]}, {files[1]}")
 
 
 def _bench_dtypes(dtype: str, device: str) -> list[str]:
@@ -295,19 +352,22 @@ def eval_command(
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N examples per task.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the task example sampling.")] = 0,
     out: Annotated[Path | None, typer.Option("--out", help="Write all results to this JSON file.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out if it exists.")] = False,
 ):
     """Zero-shot task accuracy (lm-eval's acc / acc_norm), optional perplexity and recovery against --base."""
     from .evaluate import evaluate_named_models, parse_task_spec
-    from .io import write_json_atomic
+    from .io import claim_output, write_json_atomic
 
-    results = evaluate_named_models(
-        model_dir, base=base, tasks=parse_task_spec(tasks, limit), ppl_source=ppl,
-        context=context, stride=stride, batch_size=batch_size, seed=seed,
-    )
-    _print_eval(results)
-    if out is not None:
-        write_json_atomic(out, results)
-        console.print(f"[green]saved[/] {out}")
+    # --out is checked (and held) before the evaluation, which can take many minutes.
+    with claim_output(out, overwrite, is_file=True) if out is not None else nullcontext():
+        results = evaluate_named_models(
+            model_dir, base=base, tasks=parse_task_spec(tasks, limit), ppl_source=ppl,
+            context=context, stride=stride, batch_size=batch_size, seed=seed,
+        )
+        _print_eval(results)
+        if out is not None:
+            write_json_atomic(out, results)
+            console.print(f"[green]saved[/] {out}")
 
 
 def _print_eval(results: dict) -> None:
@@ -352,8 +412,16 @@ def _print_error(message: str) -> None:
     console.print("[red]error:[/]", escape(" ".join(str(message).split())))
 
 
+# Failures of the machine rather than of liger-lm: a full disk, a read-only or forbidden folder met half-way.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
+BUG_HINT = ("this is a bug in liger-lm (or a library it uses), not a problem with your input: please report it "
+            "with the command you ran and the traceback above")
+
+
 def main() -> None:
-    """Entry point: user errors become one line and exit code 2 (`--debug` shows the traceback)."""
+    """Entry point. A `LigerError` (bad input, an unusable file or output) or a usage error prints one line and exits
+    with code 2 (`--debug` shows its traceback); any other exception is a bug: its traceback, a line asking to report
+    it, exit code 1."""
     try:
         # Not standalone, so usage errors (non-numeric values, missing options) reach us and print as one line too.
         code = app(standalone_mode=False)
@@ -364,10 +432,28 @@ def main() -> None:
             hint = f" (see `{err.ctx.command_path} --help`)" if getattr(err, "ctx", None) else ""
             _print_error(err.format_message() + hint)
         sys.exit(err.exit_code)
-    # Our errors (LigerConfigError, ModelLoadError, OutputExistsError, …) are ValueError / OSError subclasses.
-    except (ValueError, OSError) as err:
+    except (KeyboardInterrupt, typer.Abort):  # Ctrl-C (older click wraps it in Abort); every output is still whole
+        _print_error("interrupted")
+        sys.exit(130)
+    except LigerError as err:
         if STATE["debug"]:
             raise
         _print_error(str(err))
         sys.exit(2)
+    except OSError as err:
+        if STATE["debug"] or err.errno not in ENVIRONMENT_ERRNOS:
+            _report_bug()
+        _print_error(f"{err.strerror}: {err.filename}; free some space or fix the permissions, then run again")
+        sys.exit(2)
+    except Exception:
+        _report_bug()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _report_bug() -> None:
+    """An unexpected exception: its traceback (`--debug`: re-raised as is) and a line asking to report it."""
+    if STATE["debug"]:
+        raise
+    traceback.print_exc()
+    console.print("[red]bug:[/]", BUG_HINT)
+    sys.exit(1)

@@ -1,4 +1,5 @@
-"""Differences between the transformers releases we support (5.23 and 5.24), in one place.
+"""Differences between the transformers releases we support (5.23 and 5.24), in one place: the cache argument's
+name, and the name of the activation (gradient) checkpointing switch.
 
 transformers 5.24 renamed the cache argument of the decoder layers, their attention modules and the models' forward
 from `past_key_values` to `cache` (the old name is deprecated, to be removed in 5.40), and the model outputs' field
@@ -43,3 +44,12 @@ def output_cache(outputs: Any) -> Cache | None:
         if value is not None:
             return value
     return None
+
+
+def enable_activation_checkpointing(model: Any) -> None:
+    """Recompute each decoder layer in the backward pass (non-reentrant). transformers 5.24 renamed
+    `gradient_checkpointing_enable` to `activation_checkpointing_enable` (the old name warns); 5.23 has only the old."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

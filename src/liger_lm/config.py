@@ -7,14 +7,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import LigerConfigError  # noqa: F401 (re-exported)
+from .modeling.gates import FEATURE_MAPS, GATES
+from .modeling.methods import MIXERS
+
 GATE_SOURCES = ("q", "k", "v")
-METHODS = {
-    "liger": "Liger: gated recurrence + sliding-window attention, no new parameters (arXiv 2503.01496)",
-    "lolcats": "LoLCATs: learned Hedgehog feature maps + sliding window, one normaliser (arXiv 2410.10254)",
-}
-FEATURE_MAPS = {
-    "softmax": "softmax over the head dimension, no parameters (paper default)",
-}
 
 COMBINES = {
     "sum": "α·o_rec + β·o_swa (the paper)",
@@ -22,10 +19,7 @@ COMBINES = {
 }
 
 CONFIG_FORMAT_VERSION = 1
-
-
-class LigerConfigError(ValueError):
-    """A Liger setting is invalid; the message says which one and what is allowed."""
+NUMBERS = ("rec_weight", "swa_weight", "gate_normalizer", "gate_lower_bound", "rec_logit_init", "window_factor_init")
 
 
 @dataclass
@@ -35,7 +29,7 @@ class LigerConfig:
     method:          "liger" (the paper's mixer) or "lolcats" (the LoLCATs baseline, docs/method.md §1.3; it uses
                      window, feature_dim, window_factor_init, softmax_layers/softmax_every and ignores the gate fields).
     gate:            gated recurrence of the linear branch (see `liger_lm.GATES`).
-    feature_map:     feature map φ applied to q and k of the linear branch.
+    feature_map:     feature map φ applied to q and k of the linear branch (see `liger_lm.FEATURE_MAPS`).
     window:          sliding-window size w of the softmax branch (tokens, including the current one).
     rec_weight:      α, weight of the recurrent (linear) branch.
     swa_weight:      β, weight of the sliding-window softmax branch.
@@ -86,12 +80,14 @@ class LigerConfig:
 
     def validate(self, num_layers: int | None = None) -> None:
         """Raise `LigerConfigError` naming the first bad field; `num_layers` also checks layer indices."""
-        from .modeling.gates import GATES
-
-        _check_choice("method", self.method, METHODS)
+        _check_choice("method", self.method, MIXERS)
         _check_choice("gate", self.gate, GATES)
         _check_choice("feature_map", self.feature_map, FEATURE_MAPS)
         _check_choice("gate_source", self.gate_source, GATE_SOURCES)
+        for name in NUMBERS:  # inf passes every "≥ 0" check below, and then generates empty text
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise LigerConfigError(f"{name} must be a finite number, got {value!r}")
         for name in ("window", "chunk_size", "num_slots", "feature_dim"):
             _check_positive_int(name, getattr(self, name))
         if isinstance(self.sinks, bool) or not isinstance(self.sinks, int) or self.sinks < 0:
@@ -103,9 +99,6 @@ class LigerConfig:
             raise LigerConfigError("combine='shared' needs method='liger', gate_source='k' (the recurrence reads the "
                                    "raw keys of the tokens leaving the window) and a gate other than rwkv6 (whose "
                                    "bonus term reads the current token); choose another gate or combine='sum'")
-        if not isinstance(self.rec_logit_init, (int, float)) or isinstance(self.rec_logit_init, bool) \
-                or not math.isfinite(self.rec_logit_init):
-            raise LigerConfigError(f"rec_logit_init must be a finite number, got {self.rec_logit_init!r}")
         if not isinstance(self.normalize, bool):
             raise LigerConfigError(f"normalize must be true or false, got {self.normalize!r}")
         if isinstance(self.softmax_every, bool) or not isinstance(self.softmax_every, int) or self.softmax_every < 0:
@@ -114,13 +107,10 @@ class LigerConfig:
             raise LigerConfigError(f"gate_lower_bound must be in [0, 1), got {self.gate_lower_bound!r}")
         for name in ("rec_weight", "swa_weight"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            if not value >= 0:
                 raise LigerConfigError(f"{name} must be a number ≥ 0, got {value!r}")
         if self.rec_weight == 0 and self.swa_weight == 0:
             raise LigerConfigError("rec_weight and swa_weight are both 0: at least one branch must be on")
-        init = self.window_factor_init
-        if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init):
-            raise LigerConfigError(f"window_factor_init must be a finite number, got {init!r}")
         if self.gate_normalizer <= 0:
             raise LigerConfigError(f"gate_normalizer must be > 0, got {self.gate_normalizer!r}")
         if num_layers is not None:

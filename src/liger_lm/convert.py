@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel
 
 from .config import CONFIG_FORMAT_VERSION, LigerConfig
+from .errors import UnsupportedModelError
+from .io import write_text_atomic
 from .modeling.adapters import adapter_for
 from .modeling.hf import LIGER_CLASSES, install_mixers
 
@@ -28,11 +32,11 @@ def convert(model: PreTrainedModel, config: LigerConfig | None = None, **overrid
     """
     adapter = adapter_for(model)
     if is_converted(model):
-        raise ValueError("this model is already converted to Liger; convert the original model instead")
+        raise UnsupportedModelError("this model is already converted to Liger; convert the original model instead")
     settings = (config or LigerConfig()).replace(**overrides)
     settings.validate(num_layers=model.config.num_hidden_layers)
     if getattr(model, "hf_quantizer", None) is not None:
-        raise ValueError(
+        raise UnsupportedModelError(
             "the model is still marked as quantized (e.g. loaded with gguf_file=); "
             "use liger_lm.load_model(), which dequantises it into a plain model first"
         )
@@ -60,3 +64,34 @@ def is_converted(model: PreTrainedModel) -> bool:
 
 def _stored(settings: LigerConfig, family: str) -> dict[str, Any]:
     return {**settings.to_dict(), "base_model_type": family, "format_version": CONFIG_FORMAT_VERSION}
+
+
+MODEL_CARD = """# A Liger model (liger-lm)
+
+This folder holds a causal language model linearized by liger-lm (Liger, arXiv 2503.01496): safetensors weights, the
+tokenizer, and in `config.json` the conversion settings under `liger`.
+
+## Loading it
+
+Its model type (`{model_type}`) is registered with transformers' Auto classes by `import liger_lm`, so import it
+first; no `trust_remote_code` is needed:
+
+```python
+import liger_lm  # pip install liger-lm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")
+```
+
+or, from the command line, `liger generate path/to/this/folder --prompt "..."`. Without `import liger_lm`, transformers stops
+with "does not recognize this architecture".
+"""
+
+
+def write_model_card(folder: str | Path) -> None:
+    """README.md of a saved converted model: what it is and how to load it (plain transformers cannot, without
+    `import liger_lm`). Written beside `config.json`, which it reads."""
+    folder = Path(folder)
+    model_type = json.loads((folder / "config.json").read_text(encoding="utf-8"))["model_type"]
+    write_text_atomic(folder / "README.md", MODEL_CARD.format(model_type=model_type))

@@ -3,7 +3,7 @@
 - `loglikelihoods`: log p(continuation | context) and "is the continuation greedy", exactly as lm-eval 0.4.13's
   HFLM defines them (same tokenisation split, same left truncation), batched.
 - `score_multiple_choice`: zero-shot accuracy `acc` and length-normalised `acc_norm` (lm-eval's definitions).
-- `perplexity` / `perplexity_of_source`: sliding-window perplexity of a text, a local file or a Hugging Face dataset.
+- `perplexity`: sliding-window perplexity of a text (`read_source_text` reads a local file or a Hugging Face dataset).
 - `evaluate_suite` / `recovery`: the task suite of `liger_lm.data.tasks` and converted/base score ratios.
 """
 
@@ -21,14 +21,12 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data.multiple_choice import MultipleChoiceExample
+from .errors import EvaluationError, InputNotFoundError  # noqa: F401 (EvaluationError: re-exported)
+from .io import read_utf8
 
 TARGET_DELIMITER = " "  # lm-eval's default `target_delimiter` between the query and each choice
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when the config names no context length
 RECOVERY_METRIC = "acc_norm"
-
-
-class EvaluationError(ValueError):
-    """Bad evaluation input (empty text, malformed source spec, unreachable dataset); the message says what to do."""
 
 
 def sample_text() -> str:
@@ -249,6 +247,10 @@ def perplexity_of_ids(
     if batch_size < 1:
         raise EvaluationError(f"batch size must be a positive integer, got {batch_size}")
     windows = sliding_windows(len(ids), context, stride)
+    limit, longest = getattr(model.config, "max_position_embeddings", None), max(stop - start for start, stop, _ in windows)
+    if limit and longest > limit:  # positions past the model's are untrained: the number would mean nothing
+        raise EvaluationError(f"perplexity windows of {longest} tokens exceed the model's {limit} positions "
+                              f"(max_position_embeddings); lower --context to {limit} or less")
     total_nll, counted = 0.0, 0
     for begin in range(0, len(windows), batch_size):
         batch = windows[begin : begin + batch_size]
@@ -368,8 +370,8 @@ def read_source_text(source: str) -> str:
     if not source.startswith("hf:"):
         path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(f"text file {source} not found; give a local text file or hf:<dataset>:<split>")
-        return path.read_text(encoding="utf-8")
+            raise InputNotFoundError(f"text file {source} not found; give a local text file or hf:<dataset>:<split>")
+        return read_utf8(path)
     dataset, config, split, column = _parse_hf_source(source)
     return "\n\n".join(_dataset_column(dataset, config, split, column, source))
 
@@ -402,18 +404,6 @@ def _dataset_column(dataset: str, config: str | None, split: str, column: str, s
     if column not in rows.column_names:
         raise EvaluationError(f"{source}: no column {column!r}; columns are {', '.join(rows.column_names)}")
     return [text for text in rows[column] if text]
-
-
-def perplexity_of_source(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    source: str,
-    context: int = 1024,
-    stride: int = 512,
-    batch_size: int = 1,
-) -> PerplexityResult:
-    """`perplexity` of a local text file or a Hugging Face dataset split (see `read_source_text`)."""
-    return perplexity(model, tokenizer, read_source_text(source), context=context, stride=stride, batch_size=batch_size)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -5,11 +5,16 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .errors import PromptError, PromptTooLongError  # noqa: F401 (re-exported)
 from .modeling.layout import decode_layout
 
 
-class PromptTooLongError(ValueError):
-    """The prompt plus the requested new tokens exceed what the model allows."""
+def check_prompts(prompts: list[str]) -> None:
+    """Refuse an empty or blank prompt: batched with others it would be padded into a sequence of padding alone."""
+    for number, prompt in enumerate(prompts, start=1):
+        if not prompt.strip():
+            which = "the prompt" if len(prompts) == 1 else f"prompt {number} of {len(prompts)}"
+            raise PromptError(f"{which} is empty; give some text to complete")
 
 
 def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, chat: bool) -> str:
@@ -33,6 +38,7 @@ def generate_text(
     seed: int = 0,
 ) -> list[str]:
     """Complete each prompt (batched, left-padded); returns only the new text of each."""
+    check_prompts(prompts)
     texts = [format_prompt(tokenizer, p, chat) for p in prompts]
     inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat).to(model.device)
     limit = getattr(model.config, "max_position_embeddings", None)

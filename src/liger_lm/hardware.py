@@ -12,9 +12,8 @@ import torch
 def fast_bf16(device: str | torch.device = "cpu") -> bool:
     """Whether bf16 matmuls run natively here: CUDA GPUs with bf16, CPUs with AVX-512 BF16 or AMX.
 
-    Without them PyTorch emulates bf16 on the CPU: on this project's AVX2-only 2-core machine a 1024² bf16 matmul
-    ran at 0.98 GFLOP/s against 180 GFLOP/s in fp32 (`scripts/matvec_layout.py`), so bf16 must never be chosen by
-    default there.
+    Without them PyTorch emulates bf16 on the CPU, over 100× slower than fp32 on an AVX2-only CPU (README,
+    "Fine-tuning"; `python scripts/matvec_layout.py` measures it), so bf16 must never be chosen by default there.
     """
     if torch.device(device).type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -4,9 +4,10 @@ What works, and why this shape:
 
 - lm-eval 0.4.13 has no plugin mechanism for models from other packages: its model registry is filled from its
   own `lm_eval.models.MODEL_MAPPING` and from `@register_model` calls in modules that happen to be imported; it
-  reads no entry points. So a bare `lm_eval --model liger ...` cannot find this class, and
-  `lm_eval --model hf --model_args pretrained=<converted folder>` fails too, because the `liger_<family>` model
-  types resolve only after `import liger_lm`.
+  reads no entry points (its development branch does, and pyproject.toml declares `LigerLM` as "liger" in the
+  `lm_eval.models` entry-point group for it). So with 0.4.x a bare `lm_eval --model liger ...` cannot find this
+  class, and `lm_eval --model hf --model_args pretrained=<converted folder>` fails too, because the
+  `liger_<family>` model types resolve only after `import liger_lm`.
 - Importing this module registers `LigerLM` as "liger". It is lm-eval's own `HFLM` (same tokenisation,
   batching and scoring), with the model loaded by `liger_lm.load_model`: "default" (the embedded SmolLM2 GGUF),
   a Hugging Face id, a base or converted folder, or a `.gguf` file.
@@ -32,13 +33,10 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without the optional dependency
     raise ImportError("liger_lm.harness needs lm-eval: pip install 'liger-lm[eval]' (lm-eval>=0.4.5,<0.5)") from err
 
+from .errors import HarnessArgumentError  # noqa: F401 (re-exported)
 from .models import load_model
 
 MODEL_NAME = "liger"
-
-
-class HarnessArgumentError(ValueError):
-    """A bad `--model_args` value for the liger model."""
 
 
 def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:

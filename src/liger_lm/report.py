@@ -58,10 +58,7 @@ def plot_recovery(
 
     The PNG is written to a temporary file in the target folder and renamed into place (atomic).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed; must precede pyplot
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API draws without pyplot's global backend and figure list
 
     summary = recovery(base_scores, converted_scores, metric)
     tasks = list(summary["tasks"])
@@ -70,7 +67,8 @@ def plot_recovery(
     converted = [100 * converted_scores[t][metric] for t in tasks] + [100 * summary["converted_average"]]
     ratios = [summary["tasks"][t] for t in tasks] + [summary["average"]]
 
-    figure, axes = plt.subplots(figsize=(max(6.0, 1.2 * len(labels) + 2), 4.5))
+    figure = Figure(figsize=(max(6.0, 1.2 * len(labels) + 2), 4.5))
+    axes = figure.subplots()
     positions = range(len(labels))
     width = 0.38
     axes.bar([p - width / 2 for p in positions], base, width, label=base_name, color="#7a7a7a")
@@ -94,6 +92,4 @@ def plot_recovery(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    finally:
-        plt.close(figure)
     return path

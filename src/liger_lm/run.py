@@ -10,7 +10,8 @@ holds one output per step, each written atomically, and `run.json` with the sett
                          branch zeroed), overall and by position in 4K-token contexts
     results.json, report.md, recovery.png                                     step 4, report
 Running again with the same settings reuses every finished step (and resumes an interrupted fine-tune);
-different settings are refused unless `overwrite`.
+different settings are refused unless `overwrite`, which builds the new run in `.<out>.new` beside the old one and
+puts it in place only once it is complete. Every input is checked before anything is written.
 """
 
 from __future__ import annotations
@@ -34,16 +35,28 @@ from transformers import DynamicCache, PreTrainedModel
 from . import __version__
 from .compat import with_cache
 from .config import LigerConfig
-from .convert import convert
+from .convert import convert, write_model_card
+from .data.instructions import LOCAL_SUFFIXES, load_instruction_records
 from .data.prose import held_out_prose
+from .data.tasks import TASKS, local_task_examples
 from .evaluate import accuracy_standard_error, evaluate_suite, perplexity_ratio, prose_perplexity, recovery
 from .modeling.attention import LinearizedAttention
 from .presets import DEFAULT_PRESET, PRESETS
 from .generation import generate_text
 from .hardware import environment
-from .io import OutputExistsError, atomic_directory, write_json_atomic, write_text_atomic
+from .errors import DataError, LigerConfigError, TrainConfigError
+from .io import (
+    OutputExistsError,
+    atomic_directory,
+    check_writable,
+    output_lock,
+    replace_folder,
+    staging_folder,
+    write_json_atomic,
+    write_text_atomic,
+)
 from .modeling.cache import cache_bytes
-from .models import DEFAULT_MODEL_NOTE, load_model
+from .models import DEFAULT_MODEL_NOTE, check_convertible, load_model
 from .report import plot_recovery, recovery_table_markdown
 from .training import TrainConfig, train
 from .training.config import PRECISIONS
@@ -75,7 +88,7 @@ class Budget:
                            precision=precision).replace(**recipe)
 
 
-# "default" fits `make run` in about 20 minutes on a 2-core CPU with the default model (README has the timing): 72
+# "default" fits `make run` in about 20 minutes on a 2-core CPU with the default model (README has the timing): 128
 # optimizer steps of 1,024 tokens (RADLADS: the number of steps matters more than the batch; rows of 1,024 rather
 # than 512 keep the recurrent branch helpful past 1K tokens, measured in the README), then the multiple-choice
 # suite at 200 examples per task (standard error ≤ 3.5 points) and 16K tokens of held-out prose. It also trains on
@@ -84,9 +97,9 @@ class Budget:
 # (20 M tokens of 8 × 1024, answers only); "tiny" is a smoke test.
 BUDGETS = {
     "tiny": Budget(train_tokens=512, seq_len=64, grad_accum=2, eval_records=4, eval_examples=8, prose_tokens=0),
-    "default": Budget(train_tokens=73_728, seq_len=1024, grad_accum=1, eval_records=16, eval_examples=200,
+    "default": Budget(train_tokens=131_072, seq_len=1024, grad_accum=1, eval_records=16, eval_examples=200,
                       prompt_loss=True),
-    "long": Budget(train_tokens=737_280, seq_len=1024, grad_accum=1, eval_records=64, eval_examples=200,
+    "long": Budget(train_tokens=1_310_720, seq_len=1024, grad_accum=1, eval_records=64, eval_examples=200,
                    prompt_loss=True),
     "paper": Budget(train_tokens=20_000_000, seq_len=1024, grad_accum=8, eval_records=256, eval_examples=None),
 }
@@ -109,7 +122,7 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+            raise LigerConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if self.liger is None:
             self.liger = LigerConfig(**PRESETS[self.preset].liger)
         if self.data is None:
@@ -144,11 +157,37 @@ class RunOptions:
 def main_job(options: RunOptions, log: Callable[[str], None] = logging.getLogger(__name__).info) -> dict[str, Any]:
     """Run (or finish) the pipeline in `options.out`; returns what `results.json` holds."""
     if options.budget not in BUDGETS:
-        raise ValueError(f"unknown budget {options.budget!r}; choose one of {', '.join(BUDGETS)}")
+        raise TrainConfigError(f"unknown budget {options.budget!r}; choose one of {', '.join(BUDGETS)}")
     if options.precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {options.precision!r}; choose one of {', '.join(PRECISIONS)}")
-    out = _claim_run_folder(options)
-    steps = _Steps(options, out, log)
+        raise TrainConfigError(f"unknown precision {options.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    check_inputs(options)
+    out = Path(options.out)
+    check_writable(out)
+    with output_lock(out):  # a second `liger run` on the same folder is refused
+        work = _claim_run_folder(options)
+        results = _run_steps(options, _Steps(options, work, log, final=out))
+        if work != out:
+            replace_folder(work, out)  # --overwrite: only now, complete, does the new run replace the old one
+    return results
+
+
+def check_inputs(options: RunOptions) -> None:
+    """Fail on bad data, task files or task names, and on a model folder that cannot be converted, before anything
+    is written (or, with `overwrite`, replaced) and before the slow steps."""
+    options.train_config().validate()
+    if options.data.lower().endswith(LOCAL_SUFFIXES):
+        load_instruction_records(options.data)
+    for name in options.task_sizes():
+        if name.endswith(".jsonl"):
+            local_task_examples(Path(name))
+        elif name not in TASKS:
+            raise DataError(f"unknown task {name!r}; available tasks: {', '.join(TASKS)}, or a .jsonl file of "
+                            '{"query", "choices", "label"} lines')
+    check_convertible(options.model)
+
+
+def _run_steps(options: RunOptions, steps: _Steps) -> dict[str, Any]:
+    """Every step in order (each reusing its finished output), then results.json, report.md and recovery.png."""
     started = time.perf_counter()
     results = {
         "liger_lm_version": __version__,
@@ -169,19 +208,25 @@ def main_job(options: RunOptions, log: Callable[[str], None] = logging.getLogger
     results["cache_bytes"] = steps.cache_bytes()
     results["warnings"] = findings(results)
     results["seconds"] = {**steps.seconds, "this_invocation": round(time.perf_counter() - started, 1)}
-    plot_recovery(results["scores"]["base"], results["scores"]["liger"], out / "recovery.png",
+    plot_recovery(results["scores"]["base"], results["scores"]["liger"], steps.out / "recovery.png",
                   base_name="base", converted_name=f"Liger-{options.liger.gate} + LoRA")
-    write_json_atomic(out / "results.json", results)
-    write_text_atomic(out / "report.md", render_report(results))
+    write_json_atomic(steps.out / "results.json", results)
+    write_text_atomic(steps.out / "report.md", render_report(results))
     return results
 
 
 def _claim_run_folder(options: RunOptions) -> Path:
-    """Create the run folder, or check that an existing one was made with the same settings."""
+    """The folder this invocation writes: `out`, new or made with the same settings (its finished steps are reused),
+    or with `overwrite` `.<out>.new` beside it, which replaces `out` once the run is complete (`main_job`)."""
     out, settings = Path(options.out), options.settings()
     record = out / "run.json"
     if out.exists() and options.overwrite:
-        shutil.rmtree(out)
+        work = staging_folder(out)
+        if work.exists():
+            shutil.rmtree(work)  # an earlier --overwrite that did not finish: this one starts over
+        work.mkdir(parents=True)
+        write_json_atomic(work / "run.json", settings)
+        return work
     if out.exists():
         if not record.is_file():
             raise OutputExistsError(f"{out} exists and is not a liger run folder; choose another --out or pass --overwrite")
@@ -200,8 +245,9 @@ def _claim_run_folder(options: RunOptions) -> Path:
 class _Steps:
     """The pipeline steps; each reuses its finished output, and models load only when a step needs them."""
 
-    def __init__(self, options: RunOptions, out: Path, log: Callable[[str], None]) -> None:
+    def __init__(self, options: RunOptions, out: Path, log: Callable[[str], None], final: Path | None = None) -> None:
         self.options, self.out, self.log = options, out, log
+        self.final = final or out  # where `out` ends up (`overwrite` builds beside it): the path written into files
         self.seconds: dict[str, float] = {}
         self._base = self._liger = self._trained = self._tokenizer = None
 
@@ -237,7 +283,7 @@ class _Steps:
     # --- steps -------------------------------------------------------------------------------------------------
     def convert(self) -> dict[str, Any]:
         self._convert_once()
-        return {"folder": str(self.out / "model"), "parameters": sum(p.numel() for p in self.untrained().parameters())}
+        return {"folder": str(self.final / "model"), "parameters": sum(p.numel() for p in self.untrained().parameters())}
 
     def _convert_once(self) -> None:
         folder = self.out / "model"
@@ -248,6 +294,7 @@ class _Steps:
             with atomic_directory(folder, overwrite=True) as staging:
                 liger.save_pretrained(staging)
                 self.tokenizer().save_pretrained(staging)
+                write_model_card(staging)
             self._liger = liger
         elif self._liger is None:
             self.log(f"reusing the converted model in {folder}")
@@ -265,7 +312,7 @@ class _Steps:
                  f"{config.max_steps()} steps of {config.grad_accum} × {config.seq_len} …")
         model = copy.deepcopy(self.untrained())
         result = self._timed("train", lambda: train(
-            model, self.tokenizer(), config, folder, resume=resume, base_path=self.out / "model"
+            model, self.tokenizer(), config, folder, resume=resume, base_path=self.final / "model"
         ))
         self._trained = result.model.merge_and_unload().eval()
         return result.results

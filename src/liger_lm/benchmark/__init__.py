@@ -2,9 +2,11 @@
 
     run_benchmark(BenchOptions(model="default", lengths=[1024, 4096, 16384], batches=[1, 16], out="bench"))
     run_benchmark(BenchOptions(ops=True, lengths=[1024, 4096, 16384], out="bench"))
+    run_benchmark(BenchOptions(model="default", lengths=[1024, 16384], batches=[1], weights=["fp32", "bf16", "int8"]))
 
-Writes `model.json` + `model.png` (or `ops.json` + `ops.png`) into `out`; the JSON holds the machine, versions,
-protocol and a `summary` of the headline ratios.
+Writes `model.json` + `model.png` + `model.md` (or `ops.json` + `ops.png`) into `out`; the JSON holds the machine,
+versions, protocol and a `summary` of the headline ratios; `model.md` is the decode/prefill table. The model
+benchmark also runs the base model's GGUF through llama.cpp (`llama_cpp.py`) when `llama-cpp-python` is installed.
 """
 
 from __future__ import annotations
@@ -17,18 +19,19 @@ from typing import Callable
 import torch
 
 from ..config import LigerConfig
+from ..errors import BenchmarkError  # noqa: F401 (re-exported)
 from ..hardware import environment
+from ..io import write_text_atomic
+from ..presets import DEFAULT_PRESET, PRESETS
+from ..quantize import FORMATS
+from .llama_cpp import run_llama_cpp
 from .measure import memory_note
 from .model_bench import DTYPES, ModelBenchSettings, run_model_benchmark
 from .model_bench import __doc__ as MODEL_PROTOCOL
 from .ops_bench import OpsBenchSettings, run_ops_benchmark
-from .report import model_summary, ops_summary, plot_model, plot_ops, write_outputs
+from .report import decode_table, model_summary, ops_summary, plot_model, plot_ops, write_outputs
 
 __all__ = ["BenchOptions", "BenchmarkError", "parse_sizes", "run_benchmark"]
-
-
-class BenchmarkError(ValueError):
-    """A benchmark option is invalid; the message says which and what is allowed."""
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$")
@@ -55,6 +58,7 @@ class BenchOptions:
     lengths: list[int] = field(default_factory=lambda: [1024, 4096, 16384])
     batches: list[int] = field(default_factory=lambda: [1, 16])
     dtypes: list[str] = field(default_factory=lambda: ["fp32", "bf16"])
+    weights: list[str] = field(default_factory=lambda: ["fp32"])  # extra rows with int8 / bf16 weights (fp32 model)
     decode_tokens: int = 16
     repeats: int = 5
     max_seconds: float = 20.0
@@ -62,12 +66,17 @@ class BenchOptions:
     prefill_token_cap: int = 16384
     forward_length: int = 2048
     device: str = "auto"
-    liger: LigerConfig = field(default_factory=LigerConfig)
+    liger: LigerConfig = field(default_factory=lambda: LigerConfig(**PRESETS[DEFAULT_PRESET].liger))  # recommended
+    llama_cpp: bool = True  # also run the GGUF through llama-cpp-python when it is installed (CPU only)
 
     def validate(self) -> None:
         unknown = [d for d in self.dtypes if d not in DTYPES]
         if unknown:
             raise BenchmarkError(f"--dtype: unknown {unknown[0]!r}; choose from {', '.join(DTYPES)}")
+        unknown = [w for w in self.weights if w not in FORMATS] if self.weights else [""]
+        if unknown:
+            raise BenchmarkError(f"--weights: unknown {unknown[0]!r}; choose from {', '.join(FORMATS)} "
+                                 "(comma-separated)")
         for name in ("decode_tokens", "repeats", "short_prefill", "prefill_token_cap", "forward_length"):
             if getattr(self, name) < 1:
                 raise BenchmarkError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -109,11 +118,25 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = lambda _: 
         lengths=options.lengths, batches=options.batches, dtypes=options.dtypes,
         decode_tokens=options.decode_tokens, repeats=options.repeats, max_seconds=options.max_seconds,
         short_prefill=options.short_prefill, prefill_token_cap=options.prefill_token_cap,
-        forward_length=options.forward_length,
+        forward_length=options.forward_length, weights=tuple(options.weights),
     )
     results.update(kind="model", model=options.model, liger=vars(options.liger).copy(),
                    protocol=" ".join(MODEL_PROTOCOL.split()))
     results.update(run_model_benchmark(model, options.liger, settings, device, log))
+    results["llama_cpp"] = _llama_cpp(options, device, log)
     results["summary"] = model_summary(results)
     write_outputs(options.out, "model", results, plot_model)
+    table = decode_table(results)
+    write_text_atomic(Path(options.out) / "model.md", table + "\n")
+    for line in table.splitlines():
+        log(line)
     return results
+
+
+def _llama_cpp(options: BenchOptions, device: torch.device, log: Callable[[str], None]) -> dict:
+    """llama.cpp's batch-1 rows at the same lengths and threads, or why there are none."""
+    if not options.llama_cpp:
+        return {"available": False, "reason": "not requested"}
+    if device.type != "cpu":
+        return {"available": False, "reason": "llama.cpp is compared on the CPU only"}
+    return run_llama_cpp(options.model, options.lengths, options.decode_tokens, log)

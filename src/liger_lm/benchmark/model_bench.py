@@ -14,7 +14,10 @@ Protocol (also written into the JSON):
     measured) alternate, median per model;
   * Liger flatness: the batch-1 caches of every length (after their real prefill) then decode one step each in
     turn, `decode_tokens` rounds (fewer if `max_seconds` per length run out), so that drift of a shared machine
-    hits every length alike.
+    hits every length alike;
+  * weight formats (`weights`): besides the plain fp32 / bf16 models, copies of both fp32 models with int8 or bf16
+    weights in every linear layer (`liger_lm.quantize_for_decode`; activations stay fp32) run the same rows; each
+    row names its `dtype`, its `weights` and the `variant` (the dtype, or "int8-weights" / "bf16-weights").
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from ..compat import with_cache
 from ..config import LigerConfig
 from ..modeling.cache import cache_bytes
 from ..modeling.layout import decode_layout
+from ..quantize import QuantizedLinear, quantize_for_decode
 from .measure import PeakMemory, interleaved_medians, repeat_median, timed
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -48,6 +52,19 @@ class ModelBenchSettings:
     short_prefill: int
     prefill_token_cap: int
     forward_length: int
+    weights: tuple[str, ...] = ("fp32",)
+
+
+def variant_name(dtype: str, weights: str) -> str:
+    """A row's variant: the model dtype with plain weights, else '<format>-weights' (fp32 activations)."""
+    return dtype if weights == "fp32" else f"{weights}-weights"
+
+
+def decode_read_bytes(model) -> int:
+    """Bytes of every linear layer's tensors (weights, scales, biases): what one batch-1 decode step reads, about
+    (the embedding is read one row at a time; the LM head is a linear layer, tied or not)."""
+    return sum(t.numel() * t.element_size() for module in model.modules()
+               if isinstance(module, (torch.nn.Linear, QuantizedLinear)) for t in module.parameters(recurse=False))
 
 
 def random_kv_cache(model, batch: int, length: int) -> DynamicCache:
@@ -138,9 +155,12 @@ def measure_prefill(model, batch: int, length: int, settings: ModelBenchSettings
     return result, caches[0]
 
 
-def _row(model, kind: str, dtype: str, batch: int, length: int, settings: ModelBenchSettings, device, log):
+def _row(model, kind: str, dtype: str, batch: int, length: int, settings: ModelBenchSettings, device, log,
+         weights: str = "fp32"):
     """(result row, the cache its decode continued)."""
-    row = {"model": kind, "dtype": dtype, "batch": batch, "length": length, "prefill": None}
+    variant = variant_name(dtype, weights)
+    row = {"model": kind, "dtype": dtype, "weights": weights, "variant": variant, "batch": batch, "length": length,
+           "prefill": None}
     with torch.no_grad():
         if batch * length <= settings.prefill_token_cap:
             row["prefill"], cache = measure_prefill(model, batch, length, settings, device)
@@ -154,7 +174,7 @@ def _row(model, kind: str, dtype: str, batch: int, length: int, settings: ModelB
             context = f"state of a real {short}-token prefill (Liger state size does not depend on length)"
         row["decode"] = measure_decode(model, cache, batch, settings, device, context)
     prefill = row["prefill"]["tokens_per_s"] if row["prefill"] else "-"
-    log(f"{kind} {dtype} B={batch} L={length}: prefill {prefill} tok/s, decode {row['decode']['tokens_per_s']} tok/s")
+    log(f"{kind} {variant} B={batch} L={length}: prefill {prefill} tok/s, decode {row['decode']['tokens_per_s']} tok/s")
     return row, cache
 
 
@@ -210,32 +230,62 @@ def run_model_benchmark(model, liger: LigerConfig, settings: ModelBenchSettings,
     converted = convert(copy.deepcopy(base), liger).eval()
     models = {"base": base, "liger": converted}
     parameters = sum(p.numel() for p in base.parameters())
-    rows, skipped, flatness = [], [], {}
+    rows, skipped, flatness, weights_mb, read_mb = [], [], {}, {}, {}
     throughput = _throughput_section(models, device, settings, log)
     with decode_layout(base), decode_layout(converted):
-        for dtype in settings.dtypes:
+        for dtype, weights in _variants(settings):
+            variant = variant_name(dtype, weights)
             for kind, net in models.items():
-                net.to(DTYPES[dtype])
+                net = _variant_model(net, dtype, weights)
+                if kind == "liger":
+                    weights_mb[variant] = _weights_mb(net, parameters, dtype, weights)
+                    read_mb[variant] = round(decode_read_bytes(net) / 2**20, 3)
                 _warm_up(net, device)
                 liger_caches = {}
                 for batch in settings.batches:
                     for length in settings.lengths:
                         if kind == "base" and batch * length > settings.prefill_token_cap \
                                 and not _fits_in_memory(net, batch, length):
-                            skipped.append({"model": kind, "dtype": dtype, "batch": batch, "length": length,
+                            skipped.append({"model": kind, "dtype": dtype, "weights": weights, "variant": variant,
+                                            "batch": batch, "length": length,
                                             "reason": "KV cache does not fit in 80 % of the free memory"})
-                            log(f"skipped {kind} {dtype} B={batch} L={length}: KV cache too large for free memory")
+                            log(f"skipped {kind} {variant} B={batch} L={length}: KV cache too large for free memory")
                             continue
-                        row, cache = _row(net, kind, dtype, batch, length, settings, device, log)
+                        row, cache = _row(net, kind, dtype, batch, length, settings, device, log, weights)
                         rows.append(row)
                         if kind == "liger" and batch == 1 and row["prefill"]:
                             liger_caches[length] = cache
                         del cache
                 if len(liger_caches) > 1:
-                    flatness[dtype] = interleaved_decode(net, liger_caches, settings, device)
-                    log(f"liger {dtype} B=1 decode, lengths interleaved: {flatness[dtype]['tokens_per_s']} tok/s")
+                    flatness[variant] = interleaved_decode(net, liger_caches, settings, device)
+                    log(f"liger {variant} B=1 decode, lengths interleaved: {flatness[variant]['tokens_per_s']} tok/s")
+                del net
     return {"rows": rows, "skipped": skipped, "throughput": throughput, "liger_b1_decode_interleaved": flatness,
-            "weights_mb": {dtype: round(parameters * DTYPES[dtype].itemsize / 2**20, 3) for dtype in settings.dtypes}}
+            "weights_mb": weights_mb, "decode_read_mb": read_mb}
+
+
+def _variants(settings: ModelBenchSettings) -> list[tuple[str, str]]:
+    """(dtype, weights) pairs in running order: the quantised copies are made from the fp32 models before any
+    other dtype rounds them (`net.to` changes the models in place)."""
+    plain = [(dtype, "fp32") for dtype in settings.dtypes]
+    quantised = [("fp32", fmt) for fmt in dict.fromkeys(settings.weights) if fmt != "fp32"]
+    return [v for v in plain if v[0] == "fp32"] + quantised + [v for v in plain if v[0] != "fp32"]
+
+
+def _variant_model(net, dtype: str, weights: str):
+    """The model a variant runs: `net` cast to `dtype`, or a copy of the fp32 `net` with quantised weights."""
+    if weights == "fp32":
+        return net.to(DTYPES[dtype])
+    return quantize_for_decode(copy.deepcopy(net.to(torch.float32)), weights)
+
+
+def _weights_mb(net, parameters: int, dtype: str, weights: str) -> float:
+    """MB of the model's weights: parameters × itemsize for plain models; the stored bytes of every distinct tensor
+    for quantised ones (the default model's tied fp32 embedding stays beside the LM head's int8 / bf16 copy)."""
+    if weights == "fp32":
+        return round(parameters * DTYPES[dtype].itemsize / 2**20, 3)
+    tensors = {t.data_ptr(): t.numel() * t.element_size() for t in net.parameters()}
+    return round(sum(tensors.values()) / 2**20, 3)
 
 
 def _throughput_section(models: dict, device, settings: ModelBenchSettings, log) -> dict:

@@ -10,12 +10,23 @@ from typing import Callable
 from ..io import write_json_atomic
 
 
-def _rows(results: dict, **match) -> list[dict]:
-    return [r for r in results["rows"] if all(r.get(k) == v for k, v in match.items())]
+def _variant(row: dict) -> str:
+    return row.get("variant", row["dtype"])  # rows written before weight formats existed name only a dtype
 
 
-def _decode(results: dict, model: str, dtype: str, batch: int, length: int) -> float | None:
-    rows = _rows(results, model=model, dtype=dtype, batch=batch, length=length)
+def _rows(results: dict, variant: str | None = None, **match) -> list[dict]:
+    return [r for r in results["rows"] if all(r.get(k) == v for k, v in match.items())
+            and (variant is None or _variant(r) == variant)]
+
+
+def _decode(results: dict, model: str, variant: str, batch: int, length: int) -> float | None:
+    rows = _rows(results, model=model, variant=variant, batch=batch, length=length)
+    return rows[0]["decode"]["tokens_per_s"] if rows else None
+
+
+def _llama_cpp_decode(results: dict, length: int) -> float | None:
+    section = results.get("llama_cpp") or {}
+    rows = [r for r in section.get("rows", []) if r["length"] == length]
     return rows[0]["decode"]["tokens_per_s"] if rows else None
 
 
@@ -24,29 +35,43 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def model_summary(results: dict) -> dict:
-    """Headline numbers: Liger decode flatness and bandwidth use, Liger/base speed-ups, prefill scaling, forward."""
+    """Headline numbers per variant (dtype or weight format): Liger decode flatness and bandwidth use, Liger/base
+    speed-ups (and over the fp32 base model and llama.cpp), prefill scaling, forward throughput."""
     lengths = sorted({r["length"] for r in results["rows"]})
     batches = sorted({r["batch"] for r in results["rows"]})
     short, long = lengths[0], lengths[-1]
     summary: dict = {"lengths": [short, long]}
-    for dtype, weights_mb in results["weights_mb"].items():
-        liger_short = _decode(results, "liger", dtype, 1, short)
-        per_dtype = {
-            "liger_decode_b1_tok_s": {str(n): _decode(results, "liger", dtype, 1, n) for n in lengths},
-            f"liger_decode_b1_speed_{long}_over_{short}": _ratio(_decode(results, "liger", dtype, 1, long), liger_short),
+    read_mb = results.get("decode_read_mb", {})
+    for variant, weights_mb in results["weights_mb"].items():
+        liger_short = _decode(results, "liger", variant, 1, short)
+        # Each batch-1 step reads every linear layer's weights once: tok/s × those bytes is the bandwidth reached.
+        step_mb = read_mb.get(variant, weights_mb)
+        per_variant = {
+            "liger_decode_b1_tok_s": {str(n): _decode(results, "liger", variant, 1, n) for n in lengths},
+            f"liger_decode_b1_speed_{long}_over_{short}": _ratio(_decode(results, "liger", variant, 1, long),
+                                                                 liger_short),
             # the same ratio with the lengths' steps interleaved (robust to a machine's drift between rows)
-            "liger_decode_b1_interleaved": results.get("liger_b1_decode_interleaved", {}).get(dtype),
-            # Each batch-1 step reads every weight once: tok/s × weight bytes is the bandwidth the decode achieves.
-            "liger_decode_b1_weight_read_gb_s": round(liger_short * weights_mb * 2**20 / 1e9, 2) if liger_short else None,
+            "liger_decode_b1_interleaved": results.get("liger_b1_decode_interleaved", {}).get(variant),
+            "liger_decode_b1_weight_read_gb_s": round(liger_short * step_mb * 2**20 / 1e9, 2) if liger_short else None,
             "weights_mb": weights_mb,
-            "liger_over_base_decode": {f"batch{b}_len{n}": _ratio(_decode(results, "liger", dtype, b, n),
-                                                                  _decode(results, "base", dtype, b, n))
+            "decode_read_mb": step_mb,
+            "liger_over_base_decode": {f"batch{b}_len{n}": _ratio(_decode(results, "liger", variant, b, n),
+                                                                  _decode(results, "base", variant, b, n))
                                        for b in batches for n in lengths},
-            "liger_prefill_per_token_time_ratio": _prefill_scaling(results, dtype, short, long),
-            "cache_mb_b1": {model: {str(n): _cache_mb(results, model, dtype, n) for n in lengths}
+            "liger_prefill_per_token_time_ratio": _prefill_scaling(results, variant, short, long),
+            "cache_mb_b1": {model: {str(n): _cache_mb(results, model, variant, n) for n in lengths}
                             for model in ("base", "liger")},
         }
-        summary[dtype] = per_dtype
+        if variant != "fp32":
+            per_variant["liger_over_base_fp32_decode"] = {
+                f"batch{b}_len{n}": _ratio(_decode(results, "liger", variant, b, n),
+                                           _decode(results, "base", "fp32", b, n)) for b in batches for n in lengths}
+        if (results.get("llama_cpp") or {}).get("available"):
+            per_variant["liger_over_llama_cpp_decode_b1"] = {
+                str(n): _ratio(_decode(results, "liger", variant, 1, n), _llama_cpp_decode(results, n))
+                for n in lengths}
+        summary[variant] = per_variant
+    summary["llama_cpp"] = _llama_cpp_summary(results.get("llama_cpp"))
     forward = results.get("throughput", {})
     if forward:
         summary["forward"] = {
@@ -59,41 +84,78 @@ def model_summary(results: dict) -> dict:
     return summary
 
 
-def _cache_mb(results: dict, model: str, dtype: str, length: int) -> float | None:
-    rows = _rows(results, model=model, dtype=dtype, batch=1, length=length)
+def _llama_cpp_summary(section: dict | None) -> dict:
+    if not section:
+        return {"available": False, "reason": "not measured"}
+    if not section.get("available"):
+        return {"available": False, "reason": section.get("reason")}
+    return {"available": True, "weights": section.get("weights"), "threads": section.get("threads"),
+            "decode_b1_tok_s": {str(r["length"]): r["decode"]["tokens_per_s"] for r in section["rows"]},
+            "prefill_b1_tok_s": {str(r["length"]): r["prefill"]["tokens_per_s"] for r in section["rows"]}}
+
+
+def _cache_mb(results: dict, model: str, variant: str, length: int) -> float | None:
+    rows = _rows(results, model=model, variant=variant, batch=1, length=length)
     return rows[0]["decode"]["cache_mb"] if rows else None
 
 
-def _prefill_scaling(results: dict, dtype: str, short: int, long: int) -> dict | None:
+def _prefill_scaling(results: dict, variant: str, short: int, long: int) -> dict | None:
     """Per-token prefill time at the longest length over the shortest (1.0 = exactly linear in T)."""
-    rows = {r["length"]: r["prefill"] for r in _rows(results, model="liger", dtype=dtype, batch=1) if r["prefill"]}
+    rows = {r["length"]: r["prefill"] for r in _rows(results, model="liger", variant=variant, batch=1) if r["prefill"]}
     if short not in rows or long not in rows:
         return None
     return {f"{long}_over_{short}": round(rows[short]["tokens_per_s"] / rows[long]["tokens_per_s"], 3)}
+
+
+def decode_table(results: dict) -> str:
+    """Markdown: prefill and decode tok/s of every row (variant, model, batch, length), llama.cpp's rows last."""
+    lines = ["| variant | model | batch | context | prefill tok/s | decode tok/s | cache/state MB |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in sorted(results["rows"], key=lambda r: (r["batch"], r["length"], _variant(r), r["model"])):
+        prefill = f"{r['prefill']['tokens_per_s']:,.1f}" if r["prefill"] else "–"
+        lines.append(f"| {_variant(r)} | {r['model']} | {r['batch']} | {r['length']:,} | {prefill} | "
+                     f"{r['decode']['tokens_per_s']:,.2f} | {r['decode']['cache_mb']:,.2f} |")
+    llama = results.get("llama_cpp") or {}
+    for r in llama.get("rows", []) if llama.get("available") else []:
+        lines.append(f"| {llama.get('weights', 'gguf')} (GGUF) | llama.cpp | 1 | {r['length']:,} | "
+                     f"{r['prefill']['tokens_per_s']:,.1f} | {r['decode']['tokens_per_s']:,.2f} | – |")
+    if not llama.get("available"):
+        lines.append(f"\nllama.cpp: {llama.get('reason', 'not measured')}")
+    return "\n".join(lines)
 
 
 def ops_summary(results: dict) -> dict:
     return {str(row["length"]): row["ratios"] for row in results["rows"]}
 
 
+LINESTYLES = {"fp32": "-", "bf16": "--", "int8-weights": ":", "bf16-weights": "-."}
+
+
 def plot_model(results: dict, path: Path) -> None:
-    """Decode tok/s, decode memory (weights + cache) and batch-1 prefill tok/s against context length."""
+    """Decode tok/s, decode memory (weights + cache) and batch-1 prefill tok/s against context length; llama.cpp's
+    decode and prefill (batch 1) beside them when it was measured."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    series = sorted({(r["model"], r["dtype"], r["batch"]) for r in results["rows"]})
-    for model, dtype, batch in series:
-        rows = sorted(_rows(results, model=model, dtype=dtype, batch=batch), key=lambda r: r["length"])
-        style = dict(marker="o", linestyle="-" if dtype == "fp32" else "--", color="C0" if model == "base" else "C1",
+    series = sorted({(r["model"], _variant(r), r["batch"]) for r in results["rows"]})
+    for model, variant, batch in series:
+        rows = sorted(_rows(results, model=model, variant=variant, batch=batch), key=lambda r: r["length"])
+        style = dict(marker="o", linestyle=LINESTYLES.get(variant, "-"), color="C0" if model == "base" else "C1",
                      alpha=1.0 if batch == min(r["batch"] for r in results["rows"]) else 0.55,
-                     label=f"{model} {dtype} B={batch}")
+                     label=f"{model} {variant} B={batch}")
         lengths = [r["length"] for r in rows]
         axes[0].plot(lengths, [r["decode"]["tokens_per_s"] for r in rows], **style)
-        weights = results["weights_mb"][dtype]
+        weights = results["weights_mb"][variant]
         axes[1].plot(lengths, [weights + r["decode"]["cache_mb"] for r in rows], **style)
         prefill = [(r["length"], r["prefill"]["tokens_per_s"]) for r in rows if r["prefill"] and batch == 1]
         if prefill:
             axes[2].plot(*zip(*prefill), **style)
+    llama = results.get("llama_cpp") or {}
+    if llama.get("available") and llama.get("rows"):
+        style = dict(marker="s", color="C2", label=f"llama.cpp {llama.get('weights', '')} B=1")
+        lengths = [r["length"] for r in llama["rows"]]
+        axes[0].plot(lengths, [r["decode"]["tokens_per_s"] for r in llama["rows"]], **style)
+        axes[2].plot(lengths, [r["prefill"]["tokens_per_s"] for r in llama["rows"]], **style)
     titles = ("decode tokens/s (all sequences)", "decode memory MB (weights + cache/state)", "prefill tokens/s, batch 1")
     for axis, title in zip(axes, titles):
         axis.set(xscale="log", yscale="log", xlabel="context length (tokens)", title=title)

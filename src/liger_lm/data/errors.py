@@ -1,7 +1,5 @@
-"""The one error type of the data layer."""
+"""The one error type of the data layer (a `LigerError`, defined with the others in `liger_lm.errors`)."""
 
 from __future__ import annotations
 
-
-class DataError(ValueError):
-    """Unusable data (a missing or malformed file, an unknown task, an unreachable source); the message says what to do."""
+from ..errors import DataError  # noqa: F401 (re-exported)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .bigbench import EVAL_SUBTASKS, TRAINING_EXCLUDED_SUBTASKS, natural_instruction_subtasks, read_task_json
+from ..io import read_utf8
 from .errors import DataError
 from .prose import training_prose_records
 from .text import TEXT_CHUNK_CHARS, text_chunks
@@ -113,7 +114,7 @@ def normalize_record(row: Any, where: str) -> dict[str, str] | None:
 def _local_records(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         raise DataError(f"data file {path} does not exist; pass an existing .json/.jsonl/.txt file, 'default' or a dataset name")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     if not text.strip():
         raise DataError(f"data file {path} is empty; add records or choose another --data")
     suffix = path.suffix.lower()

@@ -10,7 +10,6 @@ padding (pad id, label -100, attention mask 0). Records in one row see each othe
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -147,19 +146,6 @@ def pack_records(
     if records and not rows:
         raise DataError(f"all {len(records)} records are longer than seq_len={seq_len} tokens; raise seq_len")
     return _to_tensors(rows, seq_len, _pad_id(tokenizer), packed, dropped)
-
-
-def train_eval_split(records: Sequence[Any], eval_fraction: float, seed: int = 0) -> tuple[list[Any], list[Any]]:
-    """(train, held_out): a seeded random `eval_fraction` of the records is held out (at least one when > 0)."""
-    if not 0.0 <= eval_fraction < 1.0:
-        raise DataError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    held = max(1, round(eval_fraction * len(records))) if eval_fraction > 0 else 0
-    if held >= len(records) and held > 0:
-        raise DataError(f"cannot hold out {held} of {len(records)} records and still train; "
-                        "use more records or a smaller eval_fraction")
-    return [records[i] for i in order[held:]], [records[i] for i in order[:held]]
 
 
 def _to_tensors(rows: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int, packed: int, dropped: int) -> PackedData:

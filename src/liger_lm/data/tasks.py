@@ -36,6 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..io import read_utf8
 from .bigbench import EVAL_SUBTASKS, read_task_json, subtask_path
 from .errors import DataError
 from .multiple_choice import MultipleChoiceExample
@@ -43,11 +44,9 @@ from .multiple_choice import MultipleChoiceExample
 __all__ = ["DEFAULT_SUITE", "TASKS", "TASK_SOURCES", "load_task", "local_task_examples", "qasc_examples", "science_examples", "target_scores_examples",
            "winogrande_examples"]
 
-# Sizes for scoring the suite with a 135M model on a 2-core CPU in a few minutes: these 900 examples are 2,823
-# (query, choice) requests, 80.7k tokens with the SmolLM2 tokenizer (measured), i.e. 2 × 135M × 80.7k ≈ 22 TFLOP
-# ≈ 2.3 min of fp32 matmuls at ~158 GFLOP/s, plus padding and overhead. 200 examples give a standard error of at
-# most 3.5 accuracy points per task; `science` has only 248 usable examples in all, so it gets 150 (as does qasc,
-# whose requests are the longest per example).
+# Sizes for scoring the suite with a 135M model on a 2-core CPU in a few minutes (README, "What `make run` does":
+# the timing). 200 examples give a standard error of at most 3.5 accuracy points per task; `science` has only 248
+# usable examples in all, so it gets 150 (as does qasc, whose requests are the longest per example).
 DEFAULT_SUITE: dict[str, int] = {
     "social_iqa": 200,
     "goal_step_wikihow": 200,
@@ -85,7 +84,7 @@ def local_task_examples(path: Path) -> list[MultipleChoiceExample]:
     if not path.is_file():
         raise DataError(f"task file {path} not found")
     examples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:

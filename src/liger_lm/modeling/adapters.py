@@ -23,6 +23,8 @@ from transformers import (
     PreTrainedModel,
 )
 
+from ..errors import UnsupportedModelError  # noqa: F401 (re-exported)
+
 
 @dataclass(frozen=True)
 class ArchitectureAdapter:
@@ -46,10 +48,6 @@ ADAPTERS: dict[str, ArchitectureAdapter] = {
     )
 }
 SUPPORTED_CLASSES = ", ".join(a.causal_lm_class.__name__ for a in ADAPTERS.values())
-
-
-class UnsupportedModelError(ValueError):
-    """The model's architecture has no Liger adapter."""
 
 
 def adapter_for(model: nn.Module) -> ArchitectureAdapter:

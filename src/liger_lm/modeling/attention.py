@@ -15,19 +15,33 @@ and the helpers a mixing step needs: the family's RoPE (`_rope`), the window buf
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, ClassVar
+
 import torch
 from torch import nn
 
 from ..compat import pop_cache
-from ..config import LigerConfig
 from .adapters import ArchitectureAdapter
 from .cache import LigerCacheLayer, liger_cache_layer
+
+if TYPE_CHECKING:  # the settings import the method registry (`modeling.methods`)
+    from ..config import LigerConfig
 
 WindowStream = tuple[torch.Tensor, ...]  # keys, values [B, S, H_kv, D], validity [B, S] (+ raw keys [B, S, H_kv, D])
 
 
 class LinearizedAttention(nn.Module):
-    """Drop-in replacement of a Llama/Mistral/Qwen2/Qwen3 attention module; same forward signature."""
+    """Drop-in replacement of a Llama/Mistral/Qwen2/Qwen3 attention module; same forward signature.
+
+    A method declares its name and which of its submodules hold the parameters it adds (as peft's layers declare
+    `adapter_layer_names`), so the trainer needs no list of names: `stage_one_modules` train alone, before LoRA
+    (LoLCATs' attention transfer); `with_lora_modules` train whenever LoRA does.
+    """
+
+    method: ClassVar[str]  # the `LigerConfig.method` value that selects it
+    description: ClassVar[str]
+    stage_one_modules: ClassVar[tuple[str, ...]] = ()
+    with_lora_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, attention: nn.Module, config: LigerConfig, adapter: ArchitectureAdapter) -> None:
         super().__init__()

@@ -4,8 +4,8 @@ Inputs per layer: the raw projections q [B, T, H, D] and k, v [B, T, H_kv, D] (w
 g = the gate source (the raw key by default, so H_kv heads). Feature maps and gates run on the H_kv heads; each kv
 head's key, value and gate are repeated over its group of query heads only where they meet q (`_to_heads`).
 Pool is adaptive average pooling of g's D values to the gate shape; L = logsigmoid, τ = `gate_normalizer`,
-φ = softmax over D. Padding tokens arrive with `keep` False: they must neither write to nor decay the state, so their
-write term and log-decay are zeroed.
+φ = the feature map `config.feature_map` (`FEATURE_MAPS`: softmax over D in the paper). Padding tokens arrive with
+`keep` False: they must neither write to nor decay the state, so their write term and log-decay are zeroed.
 
 Each gate returns the branch output [B, T, H, D] (fp32) and its new state (a tuple of fp32 tensors).
 """
@@ -29,6 +29,28 @@ MIN_LOG_DECAY = -60.0
 NORMALISER_FLOOR = 1e-30
 
 State = tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    name: str
+    description: str
+    apply: Callable[[torch.Tensor], torch.Tensor]  # φ over the last (head) dim; positive, so q'·z > 0
+
+
+FEATURE_MAPS: dict[str, FeatureMap] = {
+    fm.name: fm
+    for fm in (
+        FeatureMap("softmax", "softmax over the head dimension, no parameters (paper default)",
+                   lambda x: x.softmax(-1)),
+        FeatureMap("elu", "elu(x) + 1 (Katharopoulos et al. 2020), no parameters", lambda x: F.elu(x) + 1.0),
+    )
+}
+
+
+def _phi(x: torch.Tensor, config: LigerConfig) -> torch.Tensor:
+    """The configured feature map φ of q or k [B, T, H, D]."""
+    return FEATURE_MAPS[config.feature_map].apply(x)
 
 
 @dataclass(frozen=True)
@@ -81,7 +103,8 @@ def _per_dim(log_decay_fn):
     """Gate with a per-key-dim decay and write φ(k)ᵀ v."""
 
     def run(q, k, v, g, keep, state, config):
-        return _linear(q.softmax(-1), k.softmax(-1), v, log_decay_fn(g, config), keep, state, config, config.normalize)
+        q_feat, k_feat = _phi(q, config), _phi(k, config)
+        return _linear(q_feat, k_feat, v, log_decay_fn(g, config), keep, state, config, config.normalize)
 
     return run
 
@@ -91,7 +114,7 @@ def _scalar(log_decay_fn):
 
     def run(q, k, v, g, keep, state, config):
         log_decay = log_decay_fn(_pool(g, 1), config).expand(-1, -1, -1, k.shape[-1])
-        return _linear(q.softmax(-1), k.softmax(-1), v, log_decay, keep, state, config, config.normalize)
+        return _linear(_phi(q, config), _phi(k, config), v, log_decay, keep, state, config, config.normalize)
 
     return run
 
@@ -100,7 +123,7 @@ def _hgrn2(q, k, v, g, keep, state, config):
     """a = γ + (1 − γ)·σ(g) per dim; write (1 − a)ᵀ v (input tied to forget); only q is softmaxed."""
     gamma = config.gate_lower_bound
     decay = gamma + (1.0 - gamma) * torch.sigmoid(g)
-    return _linear(q.softmax(-1), 1.0 - decay, v, torch.log(decay), keep, state, config, config.normalize)
+    return _linear(_phi(q, config), 1.0 - decay, v, torch.log(decay), keep, state, config, config.normalize)
 
 
 def _mlstm(q, k, v, g, keep, state, config):
@@ -108,17 +131,17 @@ def _mlstm(q, k, v, g, keep, state, config):
     # The normaliser n is the same recurrence with a value of 1: one extra value column carries it.
     log_decay = F.logsigmoid(_pool(g, 1)).expand(-1, -1, -1, k.shape[-1])
     # Its own normaliser already: `normalize` does not apply.
-    o, new_state = _linear(q.softmax(-1), k.softmax(-1), with_ones_column(v), log_decay, keep, state, config, False)
+    o, new_state = _linear(_phi(q, config), _phi(k, config), with_ones_column(v), log_decay, keep, state, config, False)
     return o[..., :-1] / o[..., -1:].abs().clamp(min=1.0), new_state
 
 
 def _rwkv6(q, k, v, g, keep, state, config):
     """a = exp(−exp(g)) per dim, bonus u = 1: o_t = φ(q_t)(S_{t−1} + φ(k_t)ᵀ v_t),  S_t = diag(a_t) S_{t−1} + φ(k_t)ᵀ v_t;
     with `normalize`: o_t / φ(q_t)(z_{t−1} + φ(k_t)),  z_t = diag(a_t) z_{t−1} + φ(k_t)."""
-    q_feat = q.softmax(-1)
+    q_feat = _phi(q, config)
     if config.normalize:
         v = with_ones_column(v)
-    k_feat, v, log_decay = _to_heads(q.shape[2], keep, k.softmax(-1), v, (-torch.exp(g)).clamp(min=MIN_LOG_DECAY))
+    k_feat, v, log_decay = _to_heads(q.shape[2], keep, _phi(k, config), v, (-torch.exp(g)).clamp(min=MIN_LOG_DECAY))
     # Reading S_{t−1} is the standard recurrence over inputs shifted one token right.
     initial = state[0] if state else None
     shifted = [F.pad(x, (0, 0, 0, 0, 1, -1)) for x in (k_feat, v, log_decay)]
@@ -134,10 +157,10 @@ def _gsa(q, k, v, g, keep, state, config):
     K̃_t = diag(a) K̃ + (1 − a) ⊗ φ(k_t),  Ṽ_t = diag(a) Ṽ + (1 − a) ⊗ v_t,  o_t = softmax(K̃_t φ(q_t))ᵀ Ṽ_t."""
     log_decay = (F.logsigmoid(_pool(g, config.num_slots)) / config.gate_normalizer).clamp(min=MIN_LOG_DECAY)
     slot_write = 1.0 - log_decay.exp()
-    k_feat, v, slot_write, log_decay = _to_heads(q.shape[2], keep, k.softmax(-1), v, slot_write, log_decay)
+    k_feat, v, slot_write, log_decay = _to_heads(q.shape[2], keep, _phi(k, config), v, slot_write, log_decay)
     keys_state, values_state = state if state else (None, None)
     # Pass 1 holds K̃ᵀ [D, M]: the decay sits on its value (slot) dim.
-    scores, keys_state = gla_value_decay(q.softmax(-1), k_feat, slot_write, log_decay, keys_state, config.chunk_size)
+    scores, keys_state = gla_value_decay(_phi(q, config), k_feat, slot_write, log_decay, keys_state, config.chunk_size)
     o, values_state = gla(scores.softmax(-1), slot_write, v, log_decay, values_state, config.chunk_size)
     return o, (keys_state, values_state)
 

@@ -15,14 +15,13 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from ..config import CONFIG_FORMAT_VERSION, LigerConfig, LigerConfigError
 from .adapters import ADAPTERS, ArchitectureAdapter
 from .attention import LinearizedAttention
-from .lolcats import LolcatsAttention
-from .mixer import LigerAttention
+from .methods import MIXERS
 
 
 def install_mixers(model: nn.Module, config: LigerConfig, adapter: ArchitectureAdapter) -> None:
     """Replace `self_attn` of every layer not kept as softmax (`softmax_layers`, `softmax_every`) by the mixer of
-    `config.method` (`LigerAttention` or `LolcatsAttention`), in place."""
-    mixer_class = LolcatsAttention if config.method == "lolcats" else LigerAttention
+    `config.method` (`MIXERS`), in place."""
+    mixer_class = MIXERS[config.method]
     keep_softmax = config.softmax_layer_set(len(model.model.layers))
     for idx, layer in enumerate(model.model.layers):
         if idx not in keep_softmax and not isinstance(layer.self_attn, LinearizedAttention):
@@ -64,6 +63,11 @@ def _make_classes(adapter: ArchitectureAdapter) -> tuple[type, type]:
 
 
 LIGER_CLASSES: dict[str, tuple[type, type]] = {family: _make_classes(a) for family, a in ADAPTERS.items()}
+# Module-level names, so tools that resolve classes by `architectures` / `__qualname__` find them.
+LigerLlamaConfig, LigerLlamaForCausalLM = LIGER_CLASSES["llama"]
+LigerMistralConfig, LigerMistralForCausalLM = LIGER_CLASSES["mistral"]
+LigerQwen2Config, LigerQwen2ForCausalLM = LIGER_CLASSES["qwen2"]
+LigerQwen3Config, LigerQwen3ForCausalLM = LIGER_CLASSES["qwen3"]
 
 
 def register_auto_classes() -> None:
@@ -71,6 +75,3 @@ def register_auto_classes() -> None:
     for config_class, model_class in LIGER_CLASSES.values():
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         AutoModelForCausalLM.register(config_class, model_class, exist_ok=True)
-        # Module-level names let tools that resolve classes by `architectures` / `__qualname__` find them.
-        globals()[config_class.__name__] = config_class
-        globals()[model_class.__name__] = model_class

@@ -1,9 +1,8 @@
 """Weight layout for batch-1 decoding on CPU.
 
-A decode step is a chain of mat-vecs y = x Wᵀ whose speed is the rate at which W is read. On the 2-core CPU we
-measured, MKL read a wide W [out, in] (out > in: the MLP's gate/up projections, the LM head) faster stored
-column-major than row-major, while narrow weights read slower (`scripts/matvec_layout.py`; numbers in the README,
-Speed and memory). `decode_layout` stores the wide weights column-major (same shape and values, strides swapped)
+A decode step is a chain of mat-vecs y = x Wᵀ whose speed is the rate at which W is read. MKL can read a wide
+W [out, in] (out > in: the MLP's gate/up projections, the LM head) faster stored column-major than row-major, while
+narrow weights read slower (`python scripts/matvec_layout.py` measures it; numbers in the README, Speed and memory). `decode_layout` stores the wide weights column-major (same shape and values, strides swapped)
 for the duration of a `with` block.
 """
 

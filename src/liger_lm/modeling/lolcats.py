@@ -33,15 +33,18 @@ gradients and never separate.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import LigerConfig
 from ..ops.lolcats import lolcats_attention
 from .adapters import ArchitectureAdapter
 from .attention import LinearizedAttention
+
+if TYPE_CHECKING:  # the settings import the method registry (`modeling.methods`)
+    from ..config import LigerConfig
 
 FEATURE_FLOOR = 1e-12  # the reference's clamp: φ stays > 0, so a linear normaliser never vanishes
 
@@ -94,6 +97,10 @@ class LolcatsAttention(LinearizedAttention):
     Its cache (`LigerCacheLayer`) holds the state (U [B, H, 2f, D], z [B, H, 2f]) fp32 and the last w − 1 RoPE'd keys
     and values with their validity; one decode step folds the key leaving the window into the state.
     """
+
+    method = "lolcats"
+    description = "LoLCATs: learned Hedgehog feature maps + sliding window, one normaliser (arXiv 2410.10254)"
+    stage_one_modules = ("feature_map_q", "feature_map_k", "window_factor")
 
     def __init__(self, attention: nn.Module, config: LigerConfig, adapter: ArchitectureAdapter) -> None:
         super().__init__(attention, config, adapter)

@@ -20,17 +20,21 @@ Projections, cache access, the window buffer and W_o are `LinearizedAttention`'s
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import LigerConfig
 from ..ops import sliding_window_attention
 from ..ops.swa import gather_sinks, sink_mask
 from .adapters import ArchitectureAdapter
 from .attention import LinearizedAttention
 from .cache import LigerCacheLayer
 from .gates import GATES, with_ones_column
+
+if TYPE_CHECKING:  # the settings import the method registry (`modeling.methods`)
+    from ..config import LigerConfig
 
 
 class RecurrentLogit(nn.Module):
@@ -46,6 +50,10 @@ class RecurrentLogit(nn.Module):
 
 class LigerAttention(LinearizedAttention):
     """Gated recurrence (any gate of `modeling.gates`) mixed with sliding-window softmax attention."""
+
+    method = "liger"
+    description = "Liger: gated recurrence + sliding-window attention, no new parameters (arXiv 2503.01496)"
+    with_lora_modules = ("rec_logit",)  # combine="shared" only
 
     def __init__(self, attention: nn.Module, config: LigerConfig, adapter: ArchitectureAdapter) -> None:
         super().__init__(attention, config, adapter)

@@ -1,6 +1,6 @@
 """Optional CUDA backend: fla-core's Triton GLA kernels, with the pure-PyTorch ops as fallback and reference.
 
-The `gla` / `gla_value_decay` dispatchers of `liger_lm.ops.gla` call `fla_selected(q)`: with the default backend
+The `gla` / `gla_value_decay` dispatchers of `liger_lm.ops.recurrence` call `fla_selected(q)`: with the default backend
 "auto" the kernels run for CUDA tensors whenever `fla` (fla-core >= 0.6) imports, and the PyTorch path runs
 otherwise. `set_backend("torch")` (or `with use_backend("torch"):`) forces the reference path; "fla" insists on the
 kernels and raises `BackendError` where they cannot run.
@@ -21,14 +21,12 @@ from typing import Iterator
 
 import torch
 
+from ..errors import BackendError  # noqa: F401 (re-exported)
+
 BACKENDS = ("auto", "torch", "fla")
 # Below this length the fused recurrent kernel beats chunk_gla's chunking overhead (fla uses chunks of 64).
 FUSED_RECURRENT_MAX_LENGTH = 64
 _SETTINGS = {"backend": "auto"}
-
-
-class BackendError(ValueError):
-    """The requested kernel backend is unknown or cannot run here; the message says what to do."""
 
 
 def set_backend(name: str) -> None:
@@ -94,7 +92,7 @@ def _prepare(q, k, v, g, initial_state):
 
 
 def fla_gla(q, k, v, g, initial_state=None):
-    """Key-decay GLA on fla's kernels; same contract as `liger_lm.ops.gla.gla`.
+    """Key-decay GLA on fla's kernels; same contract as `liger_lm.ops.recurrence.gla`.
 
     q, k, g: [B, T, H, K]; v: [B, T, H, V]; initial_state: [B, H, K, V] or None.
     Returns o [B, T, H, V] fp32 and final_state [B, H, K, V] fp32.

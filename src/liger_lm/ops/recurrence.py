@@ -156,7 +156,7 @@ def _scan_chunks(k, v, b, state):
 
 
 # Long inputs run as consecutive segments whose working tensors stay near 8 MB: large blocks come from the OS on
-# every call (mmap), and faulting their pages in cost more than the arithmetic on the 2-core CPU we measured, while
+# every call (mmap), and faulting their pages in can cost more than the arithmetic on a 2-core CPU, while
 # small ones are reused from the heap. Segments also cap the op's extra memory at O(segment) instead of O(T).
 SEGMENT_ELEMENTS = 2**21
 

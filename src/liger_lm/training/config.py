@@ -7,13 +7,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import TrainConfigError  # noqa: F401 (re-exported)
 from .objectives import OBJECTIVES
 
 PRECISIONS = ("auto", "fp32", "bf16")
-
-
-class TrainConfigError(ValueError):
-    """An invalid training setting; the message names it and the accepted values."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +78,10 @@ class TrainConfig:
             raise TrainConfigError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
         if self.precision not in PRECISIONS:
             raise TrainConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        for name in ("lr", "kd_temperature", "logit_lr_scale", "warmup", "weight_decay", "max_grad_norm", "lora_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise TrainConfigError(f"{name} must be a finite number, got {value!r}")
         positive = {"max_tokens": self.max_tokens, "seq_len": self.seq_len, "batch_size": self.batch_size,
                     "grad_accum": self.grad_accum, "lr": self.lr, "lora_r": self.lora_r, "lora_alpha": self.lora_alpha}
         for name, value in positive.items():
@@ -100,7 +101,7 @@ class TrainConfig:
         for stage in self.stages:
             if stage.objective not in OBJECTIVES:
                 raise TrainConfigError(f"unknown stage objective {stage.objective!r}; choose from {', '.join(OBJECTIVES)}")
-            if not stage.share > 0 or (stage.lr is not None and not stage.lr > 0):
+            if not 0 < stage.share < math.inf or (stage.lr is not None and not 0 < stage.lr < math.inf):
                 raise TrainConfigError(f"stage {stage.objective}: share and lr must be > 0, got {stage}")
         return self
 

@@ -37,6 +37,8 @@ def training_data(
     if skip_records and len(rest) > skip_records:
         rest = rest[skip_records:]
     if not rest:
+        # Records that fit no row are the real problem when there are any: this raises naming seq_len.
+        pack_records(records, tokenizer, seq_len=config.seq_len, drop_long=True)
         raise DataError(f"{config.data}: all {len(records)} usable records are held out for evaluation "
                         f"(eval_records={config.eval_records}); lower --eval-records or add data")
     if config.records is not None:

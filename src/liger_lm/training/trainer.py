@@ -9,15 +9,21 @@
                                         written when it finished: a resumed run skips the stages that have one
     adapter/                            the LoRA adapter (peft; plus LoLCATs feature maps) and the tokenizer
     merged/                             with `merge=True`: a standalone converted model (AutoModelForCausalLM)
+    train_config.json                   the settings the run was started with: a resume with others is refused
     train_results.json                  tokens, steps, losses, held-out loss and perplexity before / after
+With `overwrite`, an existing run is replaced only once the new one is finished: the new run is built in
+`.<out>.new` beside it (a resume continues it there) and then renamed into place.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import time
+import zipfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,30 +31,41 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from ..convert import is_converted
+from ..convert import is_converted, write_model_card
+from ..errors import NonFiniteLossError, ResumeError
 from ..hardware import fast_bf16
-from ..io import OutputExistsError, atomic_directory, write_json_atomic, write_text_atomic
+from ..io import (
+    OutputExistsError,
+    atomic_directory,
+    output_lock,
+    replace_folder,
+    staging_folder,
+    write_json_atomic,
+    write_text_atomic,
+)
+from ..modeling.attention import LinearizedAttention
 from .config import TrainConfig, TrainConfigError, stage_plan
 from .data import training_data
 from .objectives import attention_transfer, cross_entropy, distillation, teacher_mode
 
-FEATURE_MAP_MODULES = ("feature_map_q", "feature_map_k", "window_factor")  # LoLCATs
-WITH_LORA_MODULES = ("rec_logit",)  # Liger, combine="shared"
 COMPLETE = "COMPLETE"
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stopped before the optimizer step, checkpoints are intact."""
+SETTINGS = "train_config.json"
+# Settings a resumed run may change: they decide when checkpoints are saved, losses logged and evaluated, and whether
+# merged weights are written at the end, not what is trained.
+FREE_ON_RESUME = ("save_every", "eval_every", "log_every", "merge", "progress")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainResult:
     model: PreTrainedModel  # the trained model (a peft model, or the merged model when merge=True)
     results: dict[str, Any]  # what train_results.json holds
+    finished_earlier: bool = False  # resume=True found the run finished: nothing was trained, results are the stored ones
 
 
 def train(
@@ -67,8 +84,9 @@ def train(
     Args:
         model: a model converted with `liger_lm.convert` (or loaded from a Liger checkpoint).
         config: settings (default `TrainConfig()`, the paper's). LoLCATs models run LoLCATs' two stages.
-        out: the run folder. It must not exist unless `resume` (continue its last complete checkpoint) or
-            `overwrite` (start over).
+        out: the run folder. It must not exist unless `resume` (continue its last complete checkpoint, with the
+            settings it was started with; a finished run is returned as it is) or `overwrite` (start over: the new
+            run replaces the old one once it is finished).
         base_path: where the converted base model is saved, recorded in the adapter so it can be loaded alone.
         callbacks: extra `transformers.TrainerCallback`s.
     """
@@ -77,26 +95,39 @@ def train(
         raise TrainConfigError("the model is not converted; run liger_lm.convert(model) (or `liger convert`) first")
     started = time.perf_counter()
     plan = stage_plan(config, model.config.liger.get("method", "liger"))
+    _check_fits(model, plan)
     # Multi-process runs (`accelerate launch`, torchrun): every process trains, but process 0 alone writes the run
     # folder's shared files (out/, metrics.jsonl, checkpoint markers, adapter, results) while the others wait, so no
     # two processes race on one path. Single-process runs: one process, the waits do nothing.
     processes = _processes()
-    # Data first: bad data fails before `out` is created (or, with overwrite, before the old run is deleted). Each
-    # stage trains on the records after those of the stage before it.
-    stage_data, used = [], 0
-    for _, stage in plan:
-        stage_data.append(training_data(tokenizer, stage, skip_records=used))
-        used += stage_data[-1][2]["train"]["records"]
-    out = _prepare_out(Path(out), resume, overwrite, processes)
-    history = []
-    for index, ((name, stage), data) in enumerate(zip(plan, stage_data)):
-        # A resumed run skips the stages an earlier run finished (the last one resumes from its checkpoint instead).
-        last = index == len(plan) - 1
-        model, summary = _run_stage(model, data, stage, out, name, resume, callbacks, processes, last)
-        history.append({"stage": name, "objective": stage.objective, **summary})
-    results = _finish(model, tokenizer, config, out, base_path, history, started, processes)
-    if config.merge:
-        model = _merge(model, tokenizer, out, processes)
+    target = Path(out)
+    # Another process writing this run is refused. Multi-process launches are not locked: a refusal in process 0
+    # alone would leave the others waiting for it.
+    with output_lock(target) if processes.num_processes == 1 else nullcontext():
+        work = _work_folder(target, resume, overwrite)
+        if resume:
+            _check_resumable(work, config)
+            if _finished(work, plan, processes.num_processes):
+                return _finished_run(model, work)
+        # Data first: bad data fails before anything is created or replaced. Each stage trains on the records after
+        # those of the stage before it.
+        stage_data, used = [], 0
+        for _, stage in plan:
+            stage_data.append(training_data(tokenizer, stage, skip_records=used))
+            used += stage_data[-1][2]["train"]["records"]
+        _prepare_out(target, work, config, resume, overwrite, processes)
+        history = []
+        for index, ((name, stage), data) in enumerate(zip(plan, stage_data)):
+            # A resumed run skips the stages an earlier run finished (the last one resumes from its checkpoint).
+            last = index == len(plan) - 1
+            model, summary = _run_stage(model, data, stage, work, name, resume, callbacks, processes, last)
+            history.append({"stage": name, "objective": stage.objective, **summary})
+        results = _finish(model, tokenizer, config, work, base_path, history, started, processes)
+        if config.merge:
+            model = _merge(model, tokenizer, work, processes)
+        if work != target and processes.is_main_process:
+            replace_folder(work, target)  # only now is the run that --overwrite replaces gone
+        processes.wait_for_everyone()
     return TrainResult(model=model, results=results)
 
 
@@ -105,17 +136,84 @@ def _processes() -> PartialState:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def _prepare_out(out: Path, resume: bool, overwrite: bool, processes: PartialState) -> Path:
+def _check_fits(model: nn.Module, plan: list[tuple[str, TrainConfig]]) -> None:
+    """Refuse settings the model cannot train with, before anything is written: rows longer than its positions, LoRA
+    targets that name none of its modules (peft would quietly train the others)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    seq_len = plan[0][1].seq_len
+    if limit and seq_len > limit:
+        raise TrainConfigError(f"seq_len={seq_len} exceeds the model's {limit} positions (max_position_embeddings); "
+                               f"lower --seq-len to {limit} or less")
+    names = [name for name, _ in model.named_modules()]
+    for _, stage in plan:
+        unknown = [t for t in stage.lora_targets if not any(n == t or n.endswith("." + t) for n in names)]
+        if stage.use_lora and unknown:
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+            raise TrainConfigError(f"lora_targets {unknown} name no module of this model; its linear layers are "
+                                   f"{', '.join(linear)}: fix --lora-targets")
+
+
+def _work_folder(out: Path, resume: bool, overwrite: bool) -> Path:
+    """Where the run is written: `out`, or `.<out>.new` beside it when `overwrite` replaces an existing run (renamed into
+    place once finished). `resume` continues such an unfinished replacement if there is one."""
+    staging = staging_folder(out)
+    if resume:
+        return staging if staging.is_dir() else out
+    return staging if overwrite and out.exists() else out
+
+
+def _prepare_out(out: Path, work: Path, config: TrainConfig, resume: bool, overwrite: bool, processes) -> None:
+    """Create the run folder `work` (a fresh one unless resuming) and record the run's settings in it."""
     exists = out.exists()
     processes.wait_for_everyone()  # all processes look before process 0 creates it (else the others would refuse it)
     if exists and not (resume or overwrite):
         raise OutputExistsError(f"{out} already exists; pass --resume to continue it, --overwrite to start over")
     if processes.is_main_process:
-        if exists and overwrite and not resume:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
+        if work != out and not resume and work.exists():
+            shutil.rmtree(work)  # what an earlier, unfinished --overwrite left: this one starts over
+        work.mkdir(parents=True, exist_ok=True)
+        if not (work / SETTINGS).is_file():
+            write_json_atomic(work / SETTINGS, _settings(config))
     processes.wait_for_everyone()
-    return out
+
+
+def _settings(config: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(config.to_dict()))  # as read back from train_config.json
+
+
+def _check_resumable(folder: Path, config: TrainConfig) -> None:
+    """Refuse to resume `folder` with other settings than it was started with (the checkpoint would be trained on
+    with a different schedule, or not fit a differently shaped adapter)."""
+    record = folder / SETTINGS
+    if record.is_file():  # runs started before settings were recorded are resumed unchecked
+        try:
+            started = json.loads(record.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ResumeError(f"{record} is damaged ({err}); pass --overwrite to start the run over") from None
+        now = _settings(config)
+        changed = [f"{name} {started.get(name)!r} → {value!r}" for name, value in now.items()
+                   if name not in FREE_ON_RESUME and started.get(name) != value]
+        if changed:
+            raise ResumeError(f"{folder} was started with other settings ({'; '.join(changed)}); resume it with the "
+                              "settings it was started with, or pass --overwrite to start over")
+
+
+def _finished(folder: Path, plan: list[tuple[str, TrainConfig]], world_size: int) -> bool:
+    """Whether the run in `folder` trained its whole budget (one stopped early by a callback also writes results)."""
+    try:
+        last = json.loads((folder / "train_results.json").read_text(encoding="utf-8"))["stages"][-1]
+    except (OSError, json.JSONDecodeError, KeyError, IndexError):
+        return False
+    return last.get("steps", 0) >= plan[-1][1].max_steps(world_size)
+
+
+def _finished_run(model: PreTrainedModel, folder: Path) -> TrainResult:
+    """A resumed run that had already finished: its stored results and its trained adapter, nothing trained."""
+    results = json.loads((folder / "train_results.json").read_text(encoding="utf-8"))
+    if (folder / "adapter" / "adapter_config.json").is_file():
+        model = PeftModel.from_pretrained(model, str(folder / "adapter"))
+    logger.info("%s is finished already: nothing to resume", folder)
+    return TrainResult(model=model, results=results, finished_earlier=True)
 
 
 def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: bool, callbacks, processes, last: bool):
@@ -128,11 +226,13 @@ def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: b
         return model, {"skipped": "finished in an earlier run"}
     train_set, eval_set, data_stats = data
     checkpoints = out / "checkpoints" / name
-    start_from = last_complete_checkpoint(checkpoints) if resume else None
+    start_from, damaged = _resume_point(checkpoints) if resume else (None, [])
     processes.wait_for_everyone()  # all processes chose start_from before process 0 changes the folder
     if processes.is_main_process:
         MetricsLog.truncate(out / "metrics.jsonl", name, step=_step_of(start_from) if start_from else 0)
         _remove_incomplete(checkpoints)
+        for checkpoint in damaged:
+            shutil.rmtree(checkpoint)
     processes.wait_for_everyone()
     # The held-out loss before training, logged at step 0: by the Trainer (eval_on_start), not a trainer.evaluate()
     # before trainer.train(): that marks the model as prepared by accelerate, so train() would no longer wrap it in
@@ -167,7 +267,7 @@ def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: b
         "eval_loss_after": _loss(after),
         "eval_perplexity_before": _ppl(before),
         "eval_perplexity_after": _ppl(after),
-        "resumed_from": str(start_from) if start_from else None,
+        "resumed_from": str(start_from.relative_to(out)) if start_from else None,
         "data": data_stats,
     }
 
@@ -177,7 +277,8 @@ def _trainable(model: nn.Module, config: TrainConfig) -> nn.Module:
     `rec_logit` (combine="shared") whenever LoRA does."""
     if config.use_lora:
         present = {n.split(".")[-1] for n, _ in model.named_modules()}
-        learned = [name for name in (*FEATURE_MAP_MODULES, *WITH_LORA_MODULES) if name in present]
+        learned = [name for name in (*_declared(model, "stage_one_modules"), *_declared(model, "with_lora_modules"))
+                   if name in present]
         lora = LoraConfig(
             r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
             target_modules=list(config.lora_targets), task_type="CAUSAL_LM",
@@ -185,16 +286,24 @@ def _trainable(model: nn.Module, config: TrainConfig) -> nn.Module:
             modules_to_save=learned or None,
         )
         model = model if isinstance(model, PeftModel) else get_peft_model(model, lora)
+    stage_one, with_lora_modules = _declared(model, "stage_one_modules"), _declared(model, "with_lora_modules")
     for name, param in model.named_parameters():
-        in_feature_map = _in_modules(name, FEATURE_MAP_MODULES)
+        in_stage_one = _in_modules(name, stage_one)
         # peft's modules_to_save keeps the untrained original beside the trained copy: only the copy trains.
-        with_lora = _in_modules(name, WITH_LORA_MODULES) and "original_module" not in name.split(".")
+        with_lora = _in_modules(name, with_lora_modules) and "original_module" not in name.split(".")
         is_lora = "lora_" in name
         param.requires_grad = ((config.use_lora and (is_lora or with_lora))
-                               or (config.train_feature_maps and in_feature_map))
+                               or (config.train_feature_maps and in_stage_one))
     if not any(p.requires_grad for p in model.parameters()):
         raise TrainConfigError("no trainable parameters: check lora_targets against the model's module names")
     return model
+
+
+def _declared(model: nn.Module, kind: str) -> tuple[str, ...]:
+    """The submodule names the model's mixers declare as theirs (`LinearizedAttention.stage_one_modules` or
+    `.with_lora_modules`)."""
+    mixers = [m for m in model.modules() if isinstance(m, LinearizedAttention)]
+    return tuple(sorted({name for mixer in mixers for name in getattr(mixer, kind)}))
 
 
 def _in_modules(parameter_name: str, modules: tuple[str, ...]) -> bool:
@@ -265,9 +374,11 @@ class RecoveryTrainer(Trainer):
         self.logit_lr_scale = logit_lr_scale
 
     def create_optimizer(self):
-        """AdamW as configured, with the per-head logits of `WITH_LORA_MODULES` at `logit_lr_scale` × the learning
-        rate: a logit has to move by whole units, where LoRA weights move by thousandths."""
-        logits = [p for n, p in self.model.named_parameters() if p.requires_grad and _in_modules(n, WITH_LORA_MODULES)]
+        """AdamW as configured, with the parameters of the mixers' `with_lora_modules` (per-head logits) at
+        `logit_lr_scale` × the learning rate: a logit has to move by whole units, where LoRA weights move by
+        thousandths."""
+        modules = _declared(self.model, "with_lora_modules")
+        logits = [p for n, p in self.model.named_parameters() if p.requires_grad and _in_modules(n, modules)]
         if self.optimizer is not None or not logits or self.logit_lr_scale == 1:
             return super().create_optimizer()
         chosen = {id(p) for p in logits}
@@ -372,6 +483,39 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     return max(candidates, key=_step_of, default=None)
 
 
+def _resume_point(folder: Path) -> tuple[Path | None, list[Path]]:
+    """(the newest complete checkpoint whose files can all be read, the newer complete ones that cannot). A file can be
+    cut short after the marker was written (a full disk, an interrupted copy): resuming falls back past it, and says so."""
+    complete = sorted((p for p in folder.glob("checkpoint-*") if (p / COMPLETE).is_file()), key=_step_of, reverse=True)
+    start, damaged = None, []
+    for checkpoint in complete:
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            start = checkpoint
+            break
+        damaged.append(f"{checkpoint} is damaged ({problem})")
+    if damaged:
+        fallback = f"resuming from {start.name}" if start else "no earlier complete checkpoint: the stage starts over"
+        logger.warning("%s; %s (the damaged one is removed)", "; ".join(damaged), fallback)
+    return start, complete[: len(damaged)]
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why a checkpoint's files cannot be read (a truncated safetensors, torch zip or JSON file), or None."""
+    for path in sorted(checkpoint.iterdir()):
+        try:
+            if path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt"):
+                    pass
+            elif path.suffix in (".pt", ".pth", ".bin"):  # torch.save's zip archives: the index is at the end
+                zipfile.ZipFile(path).close()
+            elif path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+        except (SafetensorError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+            return f"{path.name} cannot be read: {str(err).splitlines()[0]}"
+    return None
+
+
 def _remove_incomplete(folder: Path) -> None:
     for path in folder.glob("checkpoint-*") if folder.is_dir() else []:
         if not (path / COMPLETE).is_file():
@@ -442,5 +586,6 @@ def _merge(model, tokenizer, out: Path, processes: PartialState) -> PreTrainedMo
         with atomic_directory(out / "merged", overwrite=True) as staging:
             merged.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
+            write_model_card(staging)
     processes.wait_for_everyone()
     return merged
