@@ -103,7 +103,7 @@ def test_int8pack_is_never_used_where_its_kernel_is_wrong():
 @pytest.mark.parametrize("native", [True, False])
 def test_path_choice_on_cpus_with_and_without_native_bf16(monkeypatch, native):
     """Batch-1 decode always reads the small weights; M > 1 avoids bf16 GEMMs where the CPU emulates bf16."""
-    monkeypatch.setattr(quantize, "native_bf16", lambda device: native)
+    monkeypatch.setattr(quantize, "fast_bf16", lambda device: native)
     assert choose_path("int8", 1, 576, CPU) == "int8pack"
     assert choose_path("int8", quantize.INT8PACK_MAX_ROWS, 576, CPU) == "int8pack"
     assert choose_path("int8", 1024, 576, CPU) == ("dequant_bf16" if native else "dequant_fp32")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
@@ -17,6 +18,12 @@ def fast_bf16(device: str | torch.device = "cpu") -> bool:
     """
     if torch.device(device).type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return _cpu_has_bf16()
+
+
+@functools.cache
+def _cpu_has_bf16() -> bool:
+    """AVX-512 BF16 or AMX in /proc/cpuinfo, read once per process (quantised linears ask on every call)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -48,7 +48,6 @@ INT8PACK_MAX_ROWS = 16  # int8pack_mm was still 1.1–1.3× fp32 at M = 16, 0.6�
 INT8PACK_K_MULTIPLE = 16  # its AVX-512 kernel is wrong for other in_features (tested: garbage / crashes)
 
 _forced: dict[str, str | None] = {"path": None}
-_native_bf16: dict[str, bool] = {}
 
 
 class QuantizationError(LigerError, ValueError):
@@ -110,13 +109,6 @@ def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return out if bias is None else out + bias.to(x.dtype)
 
 
-def native_bf16(device: torch.device) -> bool:
-    """`hardware.fast_bf16`, read once per device type (it parses /proc/cpuinfo)."""
-    if device.type not in _native_bf16:
-        _native_bf16[device.type] = fast_bf16(device)
-    return _native_bf16[device.type]
-
-
 def choose_path(fmt: str, rows: int, in_features: int, device: torch.device) -> str:
     """The kernel path for M = `rows` (see the module docstring); `force_path` overrides it where it applies."""
     forced = _forced["path"]
@@ -129,8 +121,8 @@ def choose_path(fmt: str, rows: int, in_features: int, device: torch.device) -> 
     if fmt == "int8":
         if rows <= INT8PACK_MAX_ROWS and in_features % INT8PACK_K_MULTIPLE == 0:
             return "int8pack"
-        return "dequant_bf16" if native_bf16(device) else "dequant_fp32"
-    return "bf16" if rows == 1 or native_bf16(device) else "fp32"
+        return "dequant_bf16" if fast_bf16(device) else "dequant_fp32"
+    return "bf16" if rows == 1 or fast_bf16(device) else "fp32"
 
 
 @contextmanager
