@@ -1,7 +1,7 @@
 """Where a Liger decode step spends its time (README, Speed and memory): ms per token and the top ops.
 
-Usage: python scripts/profile_decode.py [--lengths 1024,8192] [--steps 10]
-Default model converted with the paper's settings, batch 1, fp32, inside `liger_lm.decode_layout` (as `liger
+Usage: python scripts/profile_decode.py [--lengths 1024,8192] [--steps 10] [--preset shared]
+Default model converted with a preset's settings (the default preset unless `--preset`), batch 1, fp32, inside `liger_lm.decode_layout` (as `liger
 generate` and `liger bench` decode); each length is a real prefill, then timed single-token steps; the
 torch.profiler table is for 3 steps at the last length.
 """
@@ -17,20 +17,23 @@ from transformers import DynamicCache
 
 import liger_lm
 from liger_lm.compat import with_cache
+from liger_lm.presets import DEFAULT_PRESET, PRESETS
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="1024,8192")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    parser.add_argument("--rows", type=int, default=12, help="operators in the profile table")
     args = parser.parse_args()
     model, _ = liger_lm.load_default_model()
-    liger_lm.convert(model)
+    liger_lm.convert(model, **PRESETS[args.preset].liger)
     with torch.no_grad(), liger_lm.decode_layout(model):
-        profile_decode(model, [int(n) for n in args.lengths.split(",")], args.steps)
+        profile_decode(model, [int(n) for n in args.lengths.split(",")], args.steps, args.rows)
 
 
-def profile_decode(model, lengths: list[int], steps: int) -> None:
+def profile_decode(model, lengths: list[int], steps: int, rows: int) -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     step = torch.tensor([[5]])
     for length in lengths:
@@ -48,7 +51,7 @@ def profile_decode(model, lengths: list[int], steps: int) -> None:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(3):
             model(step, **with_cache(cache), use_cache=True)
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 if __name__ == "__main__":

@@ -102,6 +102,33 @@ def test_gla_prefill_then_decode_equals_one_call():
     assert_close_to(s, s_ref)
 
 
+@pytest.mark.parametrize("length", [1, 2, 15])
+@pytest.mark.parametrize("decay_on", ["key", "value"])
+def test_dispatchers_short_path_matches_the_reference_loop_with_gradients(length, decay_on):
+    """Below one chunk the dispatchers step token by token in fused ops; the reference loop is written out."""
+    torch.manual_seed(4)
+    q, k, v, g = gla_inputs(length=length, decay="uniform5", decay_on=decay_on)
+    state = torch.randn(2, 3, 8, 5)
+    leaves = [x.requires_grad_() for x in (q, k, v, g, state)]
+    fast, naive = (gla, naive_recurrent_gla) if decay_on == "key" else (gla_value_decay, naive_recurrent_gla_value_decay)
+    o, s = fast(q, k, v, g, state, chunk_size=16)
+    o_ref, s_ref = naive(q, k, v, g, state)
+    assert_close_to(o, o_ref)
+    assert_close_to(s, s_ref)
+    for got, want in zip(torch.autograd.grad((o.sum() + s.square().sum()), leaves),
+                         torch.autograd.grad((o_ref.sum() + s_ref.square().sum()), leaves)):
+        assert_close_to(got, want)
+
+
+@pytest.mark.parametrize("fn", [gla, gla_value_decay, naive_recurrent_gla, naive_recurrent_gla_value_decay])
+def test_no_tokens_give_an_empty_output_and_the_state_unchanged(fn):
+    q, k, v, g = gla_inputs(length=0, decay_on="key" if fn in (gla, naive_recurrent_gla) else "value")
+    state = torch.randn(2, 3, 8, 5)
+    o, s = fn(q, k, v, g, state)
+    assert o.shape == (2, 0, 3, 5) and o.dtype == torch.float32
+    assert torch.equal(s, state)
+
+
 @pytest.mark.parametrize("fn", [naive_recurrent_gla, chunk_gla])
 def test_gla_zero_key_zero_decay_tokens_leave_state_untouched(fn):
     torch.manual_seed(3)

@@ -36,6 +36,9 @@ class LigerCacheLayer(CacheLayerMixin):
         self.raw_keys: torch.Tensor | None = None  # the buffer's keys before RoPE (`combine="shared"` only)
         self.sinks: Sinks | None = None  # sink keys that left the window buffer (positions BEFORE_STREAM)
         self.real_dropped: torch.Tensor | None = None  # [B] real tokens that left the window buffer
+        # Every row's sinks are stored: no later token can be one, so the sink search stops (and `real_dropped`
+        # stops counting, since only that search reads it).
+        self.sinks_complete = False
         self.seen_tokens = 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -69,7 +72,7 @@ class LigerCacheLayer(CacheLayerMixin):
         if stream is not None:
             keys, values, key_valid = stream[:3]
             start = max(keys.shape[1] - (window - 1), 0)
-            if sinks and start:
+            if sinks and start and not self.sinks_complete:
                 self._store_sinks(keys[:, :start], values[:, :start], key_valid[:, :start], sinks)
             kept = [t[:, start:] for t in stream]
             if start > window:
@@ -86,6 +89,7 @@ class LigerCacheLayer(CacheLayerMixin):
         real_before = self.real_before_buffer(keys.shape[0], keys.device)
         self.sinks = keep_sinks(gather_sinks(keys, values, key_valid, sinks, real_before, self.sinks), sinks)
         self.real_dropped = real_before + key_valid.sum(1)
+        self.sinks_complete = bool((self.real_dropped >= sinks).all())
 
     def get_seq_length(self) -> int:
         return self.seen_tokens
@@ -115,7 +119,7 @@ class LigerCacheLayer(CacheLayerMixin):
     def reset(self) -> None:
         self.state = self.keys = self.values = self.key_valid = self.raw_keys = self.sinks = self.real_dropped = None
         self.seen_tokens = 0
-        self.is_initialized = False
+        self.sinks_complete = self.is_initialized = False
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))

@@ -87,13 +87,16 @@ class LigerAttention(LinearizedAttention):
         buffer + current tokens for the cache."""
         q, k = self._rope(q, k, position_embeddings)
         k, v, valid = self._window_stream(k, v, valid, cache)
-        sinks = None
-        if self.liger.sinks:
-            sinks = gather_sinks(k, v, valid, self.liger.sinks, self._real_before(k, cache),
-                                 cache.sinks if cache is not None else None)
+        sinks = cache.sinks if cache is not None else None
+        if self._stream_may_hold_sinks(cache):
+            sinks = gather_sinks(k, v, valid, self.liger.sinks, self._real_before(k, cache), sinks)
         out = sliding_window_attention(q, k, v, self.liger.window, self.scaling, key_valid=valid, sinks=sinks,
                                        with_lse=with_lse)
         return out, (k, v, valid)
+
+    def _stream_may_hold_sinks(self, cache: LigerCacheLayer | None) -> bool:
+        """Whether the window stream can hold sink tokens: not once the cache stored every row's sinks (decode)."""
+        return bool(self.liger.sinks) and not (cache is not None and cache.sinks_complete)
 
     @staticmethod
     def _real_before(k, cache: LigerCacheLayer | None):
@@ -128,7 +131,7 @@ class LigerAttention(LinearizedAttention):
         window, length = self.liger.window, q.shape[1]
         buffered = keys.shape[1] - length
         write = valid.clone()
-        if self.liger.sinks:  # sinks stay exact in the window branch; the recurrence skips them
+        if self._stream_may_hold_sinks(cache):  # sinks stay exact in the window branch; the recurrence skips them
             write &= ~sink_mask(valid, self.liger.sinks, self._real_before(keys, cache))
         write[:, max(keys.shape[1] - (window - 1), 0):] = False
         pad = lambda x: F.pad(x, (0,) * (2 * (x.dim() - 2)) + (1, 0))  # noqa: E731  one empty token in front

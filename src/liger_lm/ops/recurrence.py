@@ -39,7 +39,7 @@ def _initial_state(q, v, initial_state):
 
 @fp32_ops
 def naive_recurrent_gla(q, k, v, g, initial_state=None):
-    """Token-by-token GLA recurrence (reference, and the decode path).
+    """Token-by-token GLA recurrence (the reference).
 
     S_t = diag(exp(g_t)) · S_{t-1} + k_tᵀ v_t,  o_t = q_t · S_t,  S_0 = initial_state.
 
@@ -58,6 +58,22 @@ def naive_recurrent_gla(q, k, v, g, initial_state=None):
         state = decay[:, t, :, :, None] * state + k[:, t, :, :, None] * v[:, t, :, None, :]
         o[:, t] = torch.einsum("bhk,bhkv->bhv", q[:, t], state)
     return o, state
+
+
+def _step_by_step(q, k, v, g, initial_state, decay_on_value):
+    """T < chunk_size tokens (decode, short prompts): `_single_step` per token, ~10 ops each where the reference
+    loop's indexed writes and einsums take ~25 (a decode step is bound by op dispatch, not arithmetic).
+
+    Shapes and result as `naive_recurrent_gla` (decay on K) or `naive_recurrent_gla_value_decay` (on V).
+    """
+    if q.shape[1] == 0:
+        return v.new_zeros(v.shape, dtype=torch.float32), _initial_state(q, v, initial_state)
+    state, outputs = initial_state, []
+    for t in range(q.shape[1]):
+        token = slice(t, t + 1)
+        out, state = _single_step(q[:, token], k[:, token], v[:, token], g[:, token], state, decay_on_value)
+        outputs.append(out)
+    return (outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)), state
 
 
 def _single_step(q, k, v, g, initial_state, decay_on_value):
@@ -226,8 +242,8 @@ def _chunk_gla_segment(q, k, v, g, initial_state, chunk_size):
 
 @fp32_ops
 def gla(q, k, v, g, initial_state=None, chunk_size=16, backend=None):
-    """GLA dispatcher: fla's Triton kernels on CUDA when selected (`ops.fla_backend`), else one fused step for
-    T = 1, `naive_recurrent_gla` when T < chunk_size, `chunk_gla` otherwise.
+    """GLA dispatcher: fla's Triton kernels on CUDA when selected (`ops.fla_backend`), else one fused step per
+    token when T < chunk_size, `chunk_gla` otherwise.
 
     S_t = diag(exp(g_t)) · S_{t-1} + k_tᵀ v_t,  o_t = q_t · S_t,  S_0 = initial_state.
     q, k, g: [B, T, H, K]; v: [B, T, H, V]; initial_state: [B, H, K, V] or None.
@@ -235,16 +251,14 @@ def gla(q, k, v, g, initial_state=None, chunk_size=16, backend=None):
     """
     if fla_selected(q, backend):
         return fla_gla(q, k, v, g, initial_state)
-    if q.shape[1] == 1:
-        return _single_step(q, k, v, g, initial_state, decay_on_value=False)
     if q.shape[1] < chunk_size:
-        return naive_recurrent_gla(q, k, v, g, initial_state)
+        return _step_by_step(q, k, v, g, initial_state, decay_on_value=False)
     return chunk_gla(q, k, v, g, initial_state, chunk_size)
 
 
 @fp32_ops
 def naive_recurrent_gla_value_decay(q, k, v, g, initial_state=None):
-    """Token-by-token GLA recurrence with the decay on the value dim (reference, and the decode path).
+    """Token-by-token GLA recurrence with the decay on the value dim (the reference).
 
     S_t = S_{t-1} · diag(exp(g_t)) + k_tᵀ v_t,  o_t = q_t · S_t,  S_0 = initial_state.
 
@@ -306,7 +320,7 @@ def _chunk_gla_value_decay_segment(q, k, v, g, initial_state, chunk_size):
 @fp32_ops
 def gla_value_decay(q, k, v, g, initial_state=None, chunk_size=16, backend=None):
     """Value-decay GLA dispatcher: fla's fused recurrent kernel on CUDA when selected (`ops.fla_backend`), else one
-    fused step for T = 1, the naive recurrence when T < chunk_size, the chunked form otherwise.
+    fused step per token when T < chunk_size, the chunked form otherwise.
 
     S_t = S_{t-1} · diag(exp(g_t)) + k_tᵀ v_t,  o_t = q_t · S_t,  S_0 = initial_state.
     q, k: [B, T, H, K]; v, g: [B, T, H, V]; initial_state: [B, H, K, V] or None.
@@ -314,8 +328,6 @@ def gla_value_decay(q, k, v, g, initial_state=None, chunk_size=16, backend=None)
     """
     if fla_selected(q, backend):
         return fla_gla_value_decay(q, k, v, g, initial_state)
-    if q.shape[1] == 1:
-        return _single_step(q, k, v, g, initial_state, decay_on_value=True)
     if q.shape[1] < chunk_size:
-        return naive_recurrent_gla_value_decay(q, k, v, g, initial_state)
+        return _step_by_step(q, k, v, g, initial_state, decay_on_value=True)
     return chunk_gla_value_decay(q, k, v, g, initial_state, chunk_size)

@@ -80,15 +80,18 @@ def _band_mask(num_queries, num_keys, window, device):
 
 
 def _attend(q, k, v, allowed, scale, with_lse: bool = False):
-    """q [..., Tq, H, D], k/v [..., Sk, Hkv, D], allowed broadcastable to [..., Hkv, G, Tq, Sk].
+    """q [..., Tq, H, D], k/v [..., Sk, Hkv, D], allowed broadcastable to [..., Hkv, G, Tq, Sk] (None: every key).
 
     With `with_lse` also the log-sum-exp of each query's allowed scores [..., Tq, H] (fp32; a very negative finite
     number where no key is allowed)."""
     q_groups = q.float().unflatten(-2, (k.shape[-2], -1))
     scores = torch.einsum("...thgd,...shd->...hgts", q_groups, k.float()) * scale
-    # A finite fill keeps rows with no allowed key NaN-free; multiplying by the mask zeroes them.
-    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    probs = scores.softmax(-1) * allowed
+    if allowed is not None:
+        # A finite fill keeps rows with no allowed key NaN-free; multiplying by the mask zeroes them.
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    probs = scores.softmax(-1)
+    if allowed is not None:
+        probs = probs * allowed
     out = torch.einsum("...hgts,...shd->...thgd", probs, v.float()).flatten(-3, -2).to(q.dtype)
     if not with_lse:
         return out
@@ -164,10 +167,12 @@ def _blocked_attention(q, k, v, window, scale, key_valid, sinks: Sinks | None, w
     return out.transpose(1, 2).unflatten(0, (batch, -1)).flatten(1, 2)[:, :length].to(q.dtype)
 
 
-def _single_query_attention(q, k, v, scale, key_valid, sinks: Sinks | None):
-    """Decode step: one query whose window holds every key (and the sinks from before the stream), as one fused
-    SDPA call (fp32); None when some row has no valid key (the general path then returns 0 for it, where SDPA
-    would give NaN).
+def _single_query_attention(q, k, v, scale, key_valid, sinks: Sinks | None, with_lse: bool = False):
+    """Decode step: one query whose window holds every key (and the sinks from before the stream).
+
+    Without `with_lse`, one fused SDPA call (fp32), or None when some row has no valid key (the general path then
+    returns 0 for it, where SDPA would give NaN); with it, the einsum form (`_attend`), which also gives the
+    log-sum-exp and handles such rows itself. Either way no band mask is built: every key is in the window.
 
     q: [B, 1, H, D]; k, v: [B, S, Hkv, D] with S <= w; key_valid: [B, S] bool or None.
     """
@@ -177,8 +182,13 @@ def _single_query_attention(q, k, v, scale, key_valid, sinks: Sinks | None):
         before = sinks.valid & (sinks.positions < 0)
         k, v = torch.cat([sinks.keys, k], dim=1), torch.cat([sinks.values, v], dim=1)
         key_valid = torch.cat([before, key_valid], dim=1)
+    if key_valid is not None and bool(key_valid.all()):
+        key_valid = None
+    if with_lse:
+        allowed = None if key_valid is None else key_valid[:, None, None, None, :]
+        return _attend(q, k, v, allowed, scale, True)
     mask = None
-    if key_valid is not None and not bool(key_valid.all()):
+    if key_valid is not None:
         if not bool(key_valid.any(-1).all()):
             return None
         mask = key_valid[:, None, None, :]
@@ -207,8 +217,8 @@ def sliding_window_attention(q, k, v, window, scale, key_valid=None, sinks: Sink
         [B, T, H, D] in q's dtype; queries with no allowed key give 0.
     """
     length = q.shape[1]
-    if length == 1 and k.shape[1] <= window and not with_lse:
-        out = _single_query_attention(q, k, v, scale, key_valid, sinks)
+    if length == 1 and k.shape[1] <= window:
+        out = _single_query_attention(q, k, v, scale, key_valid, sinks, with_lse)
         if out is not None:
             return out
     if key_valid is None:
