@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 import liger_lm
 from liger_lm.compat import without_cache
 from liger_lm.training import NonFiniteLossError, TrainConfig, TrainConfigError, train
-from liger_lm.training.objectives import attention_transfer, converted_layers, teacher_mode
+from liger_lm.training.objectives import attention_transfer, converted_layers, distillation, teacher_mode
 from liger_lm.training.trainer import COMPLETE, last_complete_checkpoint
 
 from conftest import tiny_model, tiny_tokenizer
@@ -53,6 +53,34 @@ def test_teacher_mode_is_the_unconverted_model(family):
     assert torch.equal(teacher, expected)
     assert not torch.allclose(liger_logits, expected, atol=1e-3)  # the student is a different model…
     assert torch.equal(after, liger_logits)  # …and is restored on exit
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("masked", [False, True])
+def test_distillation_equals_a_per_position_kl_loop(temperature, masked):
+    """τ² Σ_t Σ_v p_t(v) (log p_t(v) − log q_t(v)) / #labelled, written out position by position; gradients too."""
+    torch.manual_seed(0)
+    student = torch.randn(2, 7, 11, requires_grad=True)
+    teacher = torch.randn(2, 7, 11)
+    labels = torch.randint(0, 11, (2, 7))
+    if masked:
+        labels[0, :3] = -100
+        labels[1, 5] = -100
+    fast = distillation(student, teacher, labels, temperature)
+    total, count = 0.0, 0
+    for b in range(2):
+        for t in range(6):  # position t predicts token t + 1
+            if labels[b, t + 1] == -100:
+                continue
+            p = torch.softmax(teacher[b, t] / temperature, -1)
+            q = torch.softmax(student[b, t] / temperature, -1)
+            total = total + (p * (p.log() - q.log())).sum()
+            count += 1
+    naive = total * temperature**2 / count
+    torch.testing.assert_close(fast, naive)
+    (grad_fast,) = torch.autograd.grad(fast, student)
+    (grad_naive,) = torch.autograd.grad(naive, student)
+    torch.testing.assert_close(grad_fast, grad_naive)
 
 
 def test_attention_transfer_matches_each_layer_to_softmax():
