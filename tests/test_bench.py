@@ -269,3 +269,23 @@ def test_bad_weight_format_is_one_line(tmp_path):
     with pytest.raises(BenchmarkError, match="--weights: unknown 'int4'") as err:
         run_benchmark(BenchOptions(out=tmp_path, weights=["fp32", "int4"]))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_training_step_speed_runs_every_objective_and_leaves_the_base_model_alone(monkeypatch, bf16):
+    """Both precisions run on every CPU (the bf16 path forced, as `--precision auto` picks it on AVX-512 BF16)."""
+    from liger_lm.benchmark import training_speed
+    from liger_lm.presets import PRESETS
+
+    monkeypatch.setattr(training_speed, "fast_bf16", lambda device: bf16)
+    base = tiny_model("llama")
+    before = {name: p.clone() for name, p in base.state_dict().items()}
+    result = training_speed.training_step_speed(base, PRESETS["shared"], torch.device("cpu"), seq_len=32, steps=1,
+                                                objectives=("attn", "kd", "ce"))
+    assert result["precision"] == ("bf16 autocast" if bf16 else "fp32")
+    assert result["lora"] == {"r": 16, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+    for stage in result["stages"].values():
+        assert stage["runs"] == 1
+        assert stage["tokens_per_s"] == pytest.approx(32 / stage["s_per_step"])
+    assert not any(hasattr(layer.self_attn, "liger") for layer in base.model.layers)
+    assert all(torch.equal(p, before[name]) for name, p in base.state_dict().items())
