@@ -18,7 +18,7 @@ import torch
 
 import liger_lm
 from liger_lm.data.prose import held_out_prose
-from liger_lm.evaluate import perplexity_ratio, prose_perplexity
+from liger_lm.evaluation import HELD_OUT_WINDOWS, perplexity, perplexity_ratio
 from liger_lm.hardware import environment
 from liger_lm.presets import PRESETS
 
@@ -45,7 +45,7 @@ def main() -> None:
     base, tokenizer = liger_lm.load_default_model()
     text = held_out_prose()
     print(json.dumps(environment(torch.device("cpu"))))
-    reference = prose_perplexity(base, tokenizer, text, tokens=args.tokens)
+    reference = perplexity(base, tokenizer, text, max_tokens=args.tokens, **HELD_OUT_WINDOWS).to_dict()
     rows = [{"variant": "base (softmax attention)", **reference}]
     print(f"{'base':45s} ppl {reference['ppl']:9.2f}  by position {reference['by_position']}", flush=True)
     for name, settings in VARIANTS.items():
@@ -53,7 +53,7 @@ def main() -> None:
             continue
         started = time.perf_counter()
         model = liger_lm.convert(copy.deepcopy(base), **settings)
-        result = prose_perplexity(model, tokenizer, text, tokens=args.tokens)
+        result = perplexity(model, tokenizer, text, max_tokens=args.tokens, **HELD_OUT_WINDOWS).to_dict()
         ratio = perplexity_ratio(result, reference)
         rows.append({"variant": name, "settings": settings, **result, **ratio})
         print(f"{name:45s} ppl {result['ppl']:9.2f}  × base {ratio['ratio']:7.3f} (log-ratio SE {ratio['log_ratio_se']})"

@@ -19,7 +19,7 @@ import time
 
 import liger_lm
 from liger_lm.data.prose import held_out_prose
-from liger_lm.evaluate import perplexity_ratio, prose_perplexity
+from liger_lm.evaluation import HELD_OUT_WINDOWS, perplexity, perplexity_ratio
 from liger_lm.presets import DEFAULT_PRESET, PRESETS
 from liger_lm.run import BUDGETS, recurrent_branch_off
 from liger_lm.training import train
@@ -35,7 +35,7 @@ def main() -> None:
     preset = PRESETS[DEFAULT_PRESET]
     base, tokenizer = liger_lm.load_default_model()
     text = held_out_prose()
-    reference = prose_perplexity(base, tokenizer, text, tokens=args.eval_tokens)
+    reference = perplexity(base, tokenizer, text, max_tokens=args.eval_tokens, **HELD_OUT_WINDOWS).to_dict()
     print(f"base ppl {reference['ppl']} by position {reference['by_position']}", flush=True)
     for candidate in args.candidates:
         name, _, overrides = candidate.partition("=")
@@ -48,11 +48,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             trained = train(model, tokenizer, config, f"{folder}/run").model.merge_and_unload().eval()
         seconds = time.perf_counter() - started
-        result = prose_perplexity(trained, tokenizer, text, tokens=args.eval_tokens)
+        result = perplexity(trained, tokenizer, text, max_tokens=args.eval_tokens, **HELD_OUT_WINDOWS).to_dict()
         row = {"name": name, "liger": liger, "train": config.to_dict(), "train_seconds": round(seconds),
                **result, **perplexity_ratio(result, reference)}
         with recurrent_branch_off(trained):
-            off = prose_perplexity(trained, tokenizer, text, tokens=args.eval_tokens)
+            off = perplexity(trained, tokenizer, text, max_tokens=args.eval_tokens, **HELD_OUT_WINDOWS).to_dict()
         row["recurrent_off"] = {**perplexity_ratio(off, reference), "by_position": off["by_position"]}
         print(json.dumps({k: v for k, v in row.items() if k not in ("window_nll", "train")}), flush=True)
         with open(args.out, "a", encoding="utf-8") as handle:

@@ -8,7 +8,7 @@ kernels: for each weight shape of the default model and M rows of x, the median 
 interleaved, so a shared machine's drift hits all alike) of fp32 F.linear and of each int8 / bf16 path, as a speed-up
 over fp32. `--copies` distinct weights per shape keep the reads out of the caches.
 quality: `runs/default/train/adapter` (the `shared` model fine-tuned by `make run`, its LoRA merged on load) in fp32,
-bf16 and int8, on the held-out prose of `liger run` (`prose_perplexity`: 16 windows of 1,024 tokens), each ratio to
+bf16 and int8, on the held-out prose of `liger run` (`perplexity`'s held-out layout: 16 windows of 1,024 tokens), each ratio to
 fp32 paired over the same windows (`perplexity_ratio`, ± one standard error of the log-ratio); "auto" is the path
 `quantize_for_decode` picks here for M > 1, the others are forced (`force_path`). Then the greedy answers to the two
 `liger run` prompts.
@@ -77,7 +77,7 @@ def kernels(args) -> None:
 def quality(args) -> None:
     import liger_lm
     from liger_lm.data.prose import held_out_prose
-    from liger_lm.evaluate import perplexity_ratio, prose_perplexity
+    from liger_lm.evaluation import HELD_OUT_WINDOWS, perplexity, perplexity_ratio
     from liger_lm.generation import generate_text
     from liger_lm.quantize import force_path, quantize_for_decode
 
@@ -98,7 +98,7 @@ def quality(args) -> None:
         net = quantize_for_decode(copy.deepcopy(model), fmt, lm_head=head)
         started = time.perf_counter()
         with torch.no_grad(), force_path(path):
-            results[name] = prose_perplexity(net, tokenizer, text, args.tokens)
+            results[name] = perplexity(net, tokenizer, text, max_tokens=args.tokens, **HELD_OUT_WINDOWS).to_dict()
         if path is None and head:
             answers[name] = generate_text(net, tokenizer, PROMPTS, max_new_tokens=32)
         seconds = time.perf_counter() - started

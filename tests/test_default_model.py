@@ -33,7 +33,7 @@ def test_default_model_facts_and_window_parity(default_model):
 def test_default_model_decode_parity_and_round_trip(default_model, tmp_path):
     base, tokenizer = default_model
     model = liger_lm.convert(copy.deepcopy(base))
-    ids = tokenizer(liger_lm.evaluate.sample_text(), return_tensors="pt")["input_ids"][:, :160]
+    ids = tokenizer(liger_lm.evaluation.sample_text(), return_tensors="pt")["input_ids"][:, :160]
     full = model(ids).logits
     cache = DynamicCache(config=model.config)
     steps = [model(ids[:, :100], **with_cache(cache), use_cache=True).logits]

@@ -15,7 +15,7 @@ from tokenizers.processors import TemplateProcessing
 
 import liger_lm
 from liger_lm.data.multiple_choice import MultipleChoiceExample
-from liger_lm.evaluate import (
+from liger_lm.evaluation import (
     EvaluationError,
     encode_request,
     evaluate_suite,
@@ -23,13 +23,13 @@ from liger_lm.evaluate import (
     loglikelihoods,
     parse_task_spec,
     perplexity,
+    plot_recovery,
     read_source_text,
     recovery,
+    recovery_table_markdown,
     score_multiple_choice,
-    sliding_windows,
-    text_perplexity,
 )
-from liger_lm.report import plot_recovery, recovery_table_markdown
+from liger_lm.evaluation.perplexity import sliding_windows
 
 
 def wid(n: int) -> int:
@@ -193,7 +193,8 @@ def test_perplexity_of_a_text_that_fits_is_one_forward():
     assert result.tokens == ids.shape[1] - 1 == 29
     assert result.nll == pytest.approx(nll, rel=1e-5)
     assert result.ppl == pytest.approx(math.exp(nll), rel=1e-5)
-    assert text_perplexity(model, tokenizer, text) == (pytest.approx(math.exp(nll), rel=1e-5), 29)
+    one_window = perplexity(model, tokenizer, text, context=2048, stride=2048, max_tokens=2047)  # first 2,048 tokens
+    assert (one_window.ppl, one_window.tokens) == (pytest.approx(math.exp(nll), rel=1e-5), 29)
 
 
 def reference_window_start(p: int, n: int, context: int, stride: int) -> int:
@@ -438,13 +439,13 @@ def test_eval_command_errors_are_one_line(monkeypatch, capsys, tiny_model_dir, t
 
 
 def test_prose_perplexity_against_independent_forwards_and_positions():
-    from liger_lm.evaluate import perplexity_ratio, prose_perplexity
+    from liger_lm.evaluation import perplexity_ratio
 
     model, tokenizer = tiny_model("llama"), tiny_tokenizer()
     generator = torch.Generator().manual_seed(3)
     ids = torch.randint(4, 97, (3 * 33 + 5,), generator=generator).tolist()
     text = " ".join(tokenizer.convert_ids_to_tokens(ids))
-    result = prose_perplexity(model, tokenizer, text, tokens=96, context=32, long_context=64, batch_size=2)
+    result = perplexity(model, tokenizer, text, max_tokens=96, context=32, long_context=64, batch_size=2).to_dict()
     # Independent: each window of 33 tokens in one plain forward, NLL of its 32 next tokens.
     window_nll = []
     for start in range(0, 99, 33):
@@ -464,5 +465,5 @@ def test_prose_perplexity_against_independent_forwards_and_positions():
     assert result["by_position"]["0-64"] == pytest.approx(math.exp(per_token.mean().item()), rel=1e-3)
     same = perplexity_ratio(result, result)
     assert same == {"ratio": 1.0, "log_ratio_se": 0.0}
-    with pytest.raises(liger_lm.evaluate.EvaluationError, match="fewer than"):
-        prose_perplexity(model, tokenizer, text, tokens=960, context=32, long_context=64)
+    with pytest.raises(liger_lm.evaluation.EvaluationError, match="fewer than"):
+        perplexity(model, tokenizer, text, max_tokens=960, context=32, long_context=64)

@@ -15,7 +15,7 @@ from tokenizers.processors import TemplateProcessing
 
 import liger_lm
 from liger_lm.data.multiple_choice import MultipleChoiceExample
-from liger_lm.evaluate import loglikelihoods, score_multiple_choice
+from liger_lm.evaluation import loglikelihoods, score_multiple_choice
 from liger_lm.harness import LigerLM
 
 REQUESTS = [

@@ -401,7 +401,7 @@ KEEP_EXISTING = [
     pytest.param(unfinished_run, [*RESUME, "--resume", "--seq-len", "128"], 2,
                  "run was started with other settings (seq_len 64 → 128); resume it with the settings", id="resume-seq-len"),
     pytest.param(unfinished_run, [*RESUME, "--resume", "--lr", "1e-3"], 2, "(lr 0.01 → 0.001)", id="resume-lr"),
-    pytest.param(unfinished_run, [*RESUME, "--resume", "--max-tokens", "2k"], 2, "(max_tokens 1024 → 2000)",
+    pytest.param(unfinished_run, [*RESUME, "--resume", "--max-tokens", "2k"], 2, "(max_tokens 1024 → 2048)",
                  id="resume-token-budget"),
     pytest.param(unfinished_run, [*RESUME, "--resume", "--lora-r", "4"], 2, "(lora_r 8 → 4)", id="resume-lora-r"),
     pytest.param(finished_run, [*RESUME, "--resume"], 0, "holds a finished run", id="resume-finished"),
@@ -526,7 +526,7 @@ def test_every_error_is_a_liger_error_and_keeps_its_old_base():
     from liger_lm import errors
     from liger_lm.benchmark import BenchmarkError
     from liger_lm.data.errors import DataError
-    from liger_lm.evaluate import EvaluationError
+    from liger_lm.evaluation import EvaluationError
     from liger_lm.generation import PromptTooLongError
     from liger_lm.harness import HarnessArgumentError
     from liger_lm.io import OutputExistsError
@@ -599,7 +599,7 @@ def test_same_seed_gives_identical_converted_weights(inputs, tmp_path, method):
 
 def test_evaluation_numbers_are_identical_across_loads(inputs):
     from liger_lm.data.multiple_choice import MultipleChoiceExample
-    from liger_lm.evaluate import perplexity, score_multiple_choice
+    from liger_lm.evaluation import perplexity, score_multiple_choice
 
     examples = [MultipleChoiceExample(query=f"w{i} w{i + 1}", choices=(f" w{i + 2}", f" w{i + 7}", f" w{i}"), label=0)
                 for i in range(5, 25)]

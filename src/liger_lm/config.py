@@ -1,15 +1,20 @@
-"""`LigerConfig`: the typed conversion settings (docs/method.md §1), with the paper's defaults."""
+"""`LigerConfig`: the typed conversion settings (docs/method.md §1), with the paper's defaults.
+
+Each field carries its help text in `metadata["help"]` (as peft's configs do); `liger convert`, `liger run` and
+`liger bench` generate their options from these fields (`liger_lm.cli`). This module imports neither torch nor
+transformers, so the command line reads the settings without loading them: the registries the names are checked
+against (`GATES`, `FEATURE_MAPS`, `MIXERS`) live beside their implementations and are looked up in `validate()`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import LigerConfigError  # noqa: F401 (re-exported)
-from .modeling.gates import FEATURE_MAPS, GATES
-from .modeling.methods import MIXERS
 
 GATE_SOURCES = ("q", "k", "v")
 
@@ -21,58 +26,72 @@ COMBINES = {
 CONFIG_FORMAT_VERSION = 1
 NUMBERS = ("rec_weight", "swa_weight", "gate_normalizer", "gate_lower_bound", "rec_logit_init", "window_factor_init")
 
+# Counts on the command line and in these settings' string forms: a whole number with an optional binary suffix,
+# the same everywhere (token budgets, lengths, batch sizes, windows): k = 1,024, M = 1,024², G = 1,024³, any case.
+COUNT_SUFFIXES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+COUNT_SYNTAX = "k = 1,024, M = 1,024², G = 1,024³"
+_COUNT = re.compile(r"\s*([+-]?\d+)\s*([kmg]?)\s*", re.IGNORECASE)
+
+
+def parse_count(text: str | int) -> int:
+    """'16k' → 16,384, '2M' → 2,097,152, '300000' → 300,000 (`COUNT_SUFFIXES`); no fractions ('1.5k' is refused:
+    write 1536). Raises `ValueError` for anything else; range checks are the caller's."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    match = _COUNT.fullmatch(str(text))
+    if not match:
+        raise ValueError(f"expected a count like 2M, 500k or 300000, got {str(text)!r} ({COUNT_SYNTAX})")
+    return int(match.group(1)) * COUNT_SUFFIXES[match.group(2).lower()]
+
 
 @dataclass
 class LigerConfig:
-    """How to linearize a model. Field names double as keyword overrides of `liger_lm.convert`.
+    """How to linearize a model. Field names double as keyword overrides of `liger_lm.convert`; each field's
+    `metadata["help"]` says what it does (`liger convert --help` lists them all)."""
 
-    method:          "liger" (the paper's mixer) or "lolcats" (the LoLCATs baseline, docs/method.md §1.3; it uses
-                     window, feature_dim, window_factor_init, softmax_layers/softmax_every and ignores the gate fields).
-    gate:            gated recurrence of the linear branch (see `liger_lm.GATES`).
-    feature_map:     feature map φ applied to q and k of the linear branch (see `liger_lm.FEATURE_MAPS`).
-    window:          sliding-window size w of the softmax branch (tokens, including the current one).
-    rec_weight:      α, weight of the recurrent (linear) branch.
-    swa_weight:      β, weight of the sliding-window softmax branch.
-    gate_normalizer: τ in exp(logsigmoid(g)/τ) (16 in the paper).
-    softmax_layers:  layer indices left as the model's own softmax attention (inter-layer hybrid).
-    softmax_every:   shorthand: also keep every k-th layer (layers k−1, 2k−1, …) as softmax attention; 0 = off.
-    gate_source:     which raw projection the gate is pooled from: "k" (paper), "q" or "v" (paper Table 8).
-    num_slots:       M, slots of the GSA gate.
-    gate_lower_bound: γ, lower bound of the HGRN2 forget gate.
-    chunk_size:      block length of the chunked recurrent form (speed knob, no effect on results).
-    feature_dim:     LoLCATs: f, output size of each learned feature map W ∈ R^{D×f} (φ has 2f dims).
-    window_factor_init: LoLCATs: initial logit of the window factor γ = σ(·) (−2.197 → γ ≈ 0.1).
-    sinks:           the window branch also attends to the first `sinks` real tokens of each sequence
-                     (StreamingLLM); 0 = the paper. Liger only.
-    normalize:       divide the recurrent branch by q'·z_t, z_t = a_t ⊙ z_{t−1} + k'_t (a decayed average of values,
-                     as attention is); False = the paper. gsa (softmax over slots) and mlstm (own normaliser
-                     state) are normalised already: for them it changes nothing.
-    combine:         how the branches meet. "sum" (the paper): α·o_rec + β·o_swa. "shared": the recurrent branch
-                     holds only the tokens that left the window (and are no sinks), and shares the window's softmax
-                     normaliser: o = (Σ_win e^s v + e^ω φ(q)S_old) / (Σ_win e^s + e^ω φ(q)z_old), ω a learned logit
-                     per head (docs/method.md §1.2); α and β are not used, rec_weight = 0 still turns it off.
-    rec_logit_init:  "shared": initial ω (e^ω weighs the recurrent pseudo-key against the window's scores).
-    """
-
-    gate: str = "gla"
-    feature_map: str = "softmax"
-    window: int = 64
-    rec_weight: float = 0.5
-    swa_weight: float = 0.5
-    gate_normalizer: float = 16.0
-    softmax_layers: list[int] = field(default_factory=list)
-    softmax_every: int = 0
-    gate_source: str = "k"
-    num_slots: int = 64
-    gate_lower_bound: float = 0.0
-    chunk_size: int = 16
-    method: str = "liger"  # absent from older checkpoints' config: they are Liger models
-    feature_dim: int = 64
-    window_factor_init: float = -2.197
-    sinks: int = 0
-    normalize: bool = False
-    combine: str = "sum"
-    rec_logit_init: float = 0.0
+    gate: str = field(default="gla", metadata={
+        "help": "Gated recurrence of the linear branch (`liger_lm.GATES`; `liger convert --help` lists them)."})
+    feature_map: str = field(default="softmax", metadata={
+        "help": "Feature map φ applied to q and k of the linear branch (`liger_lm.FEATURE_MAPS`)."})
+    window: int = field(default=64, metadata={
+        "help": "Sliding-window size w of the softmax branch, in tokens (including the current one)."})
+    rec_weight: float = field(default=0.5, metadata={
+        "help": "α, weight of the recurrent (linear) branch; 0 turns it off."})
+    swa_weight: float = field(default=0.5, metadata={
+        "help": "β, weight of the sliding-window softmax branch; 0 turns it off."})
+    gate_normalizer: float = field(default=16.0, metadata={"help": "τ in exp(logsigmoid(g)/τ) (16 in the paper)."})
+    softmax_layers: list[int] = field(default_factory=list, metadata={
+        "help": "Layers left as the model's own softmax attention (inter-layer hybrid), e.g. 0,8."})
+    softmax_every: int = field(default=0, metadata={
+        "help": "Also keep every k-th layer (k−1, 2k−1, …) as softmax attention; 0 = off."})
+    gate_source: str = field(default="k", metadata={
+        "help": "Raw projection the gate is pooled from: k (the paper), q or v (paper Table 8).",
+        "choices": GATE_SOURCES})
+    num_slots: int = field(default=64, metadata={"help": "M, slots of the GSA gate."})
+    gate_lower_bound: float = field(default=0.0, metadata={"help": "γ, lower bound of the HGRN2 forget gate, in [0, 1)."})
+    chunk_size: int = field(default=16, metadata={
+        "help": "Block length of the chunked recurrent form (speed only, no effect on results)."})
+    method: str = field(default="liger", metadata={  # absent from older checkpoints' config: they are Liger models
+        "help": "liger (the paper's mixer) or lolcats (the LoLCATs baseline, docs/method.md §1.3: it uses window, "
+                "feature_dim, window_factor_init and the softmax layers, and ignores the gate settings)."})
+    feature_dim: int = field(default=64, metadata={
+        "help": "LoLCATs: f, output size of each learned feature map W ∈ R^{D×f} (φ has 2f dims)."})
+    window_factor_init: float = field(default=-2.197, metadata={
+        "help": "LoLCATs: initial logit of the window factor γ = σ(·) (−2.197 → γ ≈ 0.1)."})
+    sinks: int = field(default=0, metadata={
+        "help": "Sink tokens: the window branch also attends to the first N real tokens of each sequence "
+                "(StreamingLLM); 0 = the paper. Liger only."})
+    normalize: bool = field(default=False, metadata={
+        "help": "Divide the recurrent branch by q′·z (z = the decayed sum of φ(k)): a decayed average of values, as "
+                "attention is; off = the paper. Changes nothing for gsa and mlstm (normalised already)."})
+    combine: str = field(default="sum", metadata={
+        "help": "How the branches meet: sum = α·o_rec + β·o_swa (the paper); shared = the recurrent branch holds "
+                "only the tokens that left the window (and are no sinks) and shares the window's softmax normaliser, "
+                "weighed by a learned logit ω per head (docs/method.md §1.2; α and β unused, rec_weight 0 still "
+                "turns it off).",
+        "choices": tuple(COMBINES)})
+    rec_logit_init: float = field(default=0.0, metadata={
+        "help": "combine=shared: initial ω (e^ω weighs the recurrent pseudo-key against the window's scores)."})
 
     def __post_init__(self) -> None:
         self.softmax_layers = sorted(set(int(i) for i in self.softmax_layers))
@@ -80,6 +99,9 @@ class LigerConfig:
 
     def validate(self, num_layers: int | None = None) -> None:
         """Raise `LigerConfigError` naming the first bad field; `num_layers` also checks layer indices."""
+        from .modeling.gates import FEATURE_MAPS, GATES  # the registries, beside their torch implementations
+        from .modeling.methods import MIXERS
+
         _check_choice("method", self.method, MIXERS)
         _check_choice("gate", self.gate, GATES)
         _check_choice("feature_map", self.feature_map, FEATURE_MAPS)

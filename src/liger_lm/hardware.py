@@ -1,13 +1,41 @@
-"""Facts about the machine: what changes defaults (native bf16), and what results record (versions, CPU)."""
+"""Facts about the machine: which device to run on, what changes defaults (native bf16), and what results record
+(versions, CPU)."""
 
 from __future__ import annotations
 
 import functools
 import os
 import platform
+import re
 from pathlib import Path
 
 import torch
+
+from .errors import LigerError
+
+
+DEVICES = "auto, cpu or cuda[:N]"
+
+
+def resolve_device(
+    spec: str | None = "auto", error: type[LigerError] = LigerError, cpu_fallback: bool = False
+) -> torch.device:
+    """The device `--device` names: "auto" or None (CUDA when torch sees a GPU, else the CPU), "cpu" or "cuda[:N]".
+
+    Anything else, or a GPU torch cannot see, raises `error` with one line; with `cpu_fallback` an unseen GPU means
+    "auto" instead (lm-eval's convention: its command line asks for cuda by default).
+    """
+    if spec is None or spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec != "cpu" and not re.fullmatch(r"cuda(:\d+)?", spec):
+        raise error(f"--device: expected {DEVICES}, got {spec!r}")
+    device = torch.device(spec)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        if cpu_fallback:
+            return resolve_device("auto")
+        raise error(f"--device {spec}: no CUDA GPU is visible to torch at index {device.index or 0} (torch sees "
+                    f"{torch.cuda.device_count()} CUDA GPU(s) here; use --device cpu or auto)")
+    return device
 
 
 def fast_bf16(device: str | torch.device = "cpu") -> bool:

@@ -34,6 +34,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the opti
     raise ImportError("liger_lm.harness needs lm-eval: pip install 'liger-lm[eval]' (lm-eval>=0.4.5,<0.5)") from err
 
 from .errors import HarnessArgumentError  # noqa: F401 (re-exported)
+from .hardware import resolve_device
 from .models import load_model
 
 MODEL_NAME = "liger"
@@ -51,13 +52,6 @@ def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return value
 
 
-def _device(device: str | None) -> str:
-    """The requested device; like HFLM, "cuda" without a GPU (lm-eval's CLI default) falls back to the CPU."""
-    if device is None or (device.startswith("cuda") and not torch.cuda.is_available()):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 class LigerLM(HFLM):
     """`HFLM` over a model loaded by `liger_lm.load_model` (or passed in), so `liger_*` checkpoints resolve."""
 
@@ -65,7 +59,8 @@ class LigerLM(HFLM):
         if isinstance(pretrained, str):
             self._source = pretrained
             pretrained, loaded_tokenizer = load_model(pretrained, dtype=_torch_dtype(dtype))
-            pretrained.to(_device(device))
+            # like HFLM, "cuda" without a GPU (lm-eval's CLI default) falls back to the CPU
+            pretrained.to(resolve_device(device, HarnessArgumentError, cpu_fallback=True))
             tokenizer = tokenizer or loaded_tokenizer
         else:
             self._source = getattr(pretrained, "name_or_path", "") or type(pretrained).__name__

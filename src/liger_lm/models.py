@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -173,20 +172,6 @@ def check_convertible(name: str) -> None:
         raise ModelLoadError(
             f"cannot convert {name}: its model_type is {model_type!r}; supported architectures are {SUPPORTED_CLASSES}"
         )
-
-
-def resolve_device(spec: str = "auto") -> torch.device:
-    """'auto' (CUDA when visible, else CPU), 'cpu' or 'cuda[:N]'; refuses a GPU that torch cannot see."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec != "cpu" and not re.fullmatch(r"cuda(:\d+)?", spec):
-        raise ModelLoadError(f"--device: expected auto, cpu or cuda[:N], got {spec!r}")
-    device = torch.device(spec)
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise ModelLoadError(
-            f"--device {spec}: torch sees {torch.cuda.device_count()} CUDA GPU(s) here; use --device cpu (or auto)"
-        )
-    return device
 
 
 def load_adapter(folder: str | Path, dtype: torch.dtype = torch.float32):

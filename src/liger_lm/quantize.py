@@ -9,24 +9,26 @@ int8: W ≈ diag(s) · Q, Q = round(W / s) ∈ [−127, 127] int8 [out, in], s =
 rounded to a bf16 value (s [out] fp32 holding bf16-exact values, so the bf16 kernel below sees the same scales).
 bf16: W rounded to bf16 [out, in].
 
-Which kernel runs depends on M, the number of rows of x (M = 1 at batch-1 decode, batch × length at prefill), and
-was chosen by measurement (`python scripts/weights_table.py --part kernels`; README, Speed and memory):
+Which kernel runs depends on M, the number of rows of x (M = 1 at batch-1 decode, batch × length at prefill); the
+rules below were chosen by measuring every path on every weight shape of the default model (`python
+scripts/weights_table.py --part kernels`; the numbers are in README, "Weight formats for decoding", with the quality
+and decode results in docs/bench/weights/):
   * int8, M ≤ INT8PACK_MAX_ROWS and in_features % 16 == 0: `aten._weight_int8pack_mm` with x in bf16 — it reads the
-    int8 weight directly (1.5–1.9× an fp32 mat-vec at M = 1 on the large weights, 1.05× on k/v; with fp32 x the
-    same op takes a slow path, 0.3–0.4×); its AVX-512 kernel returns garbage when in_features is not a multiple of
-    16, hence the guard;
+    int8 weight directly (with fp32 x the same op takes a slow path); its AVX-512 kernel returns garbage when
+    in_features is not a multiple of 16, hence the guard;
   * int8, larger M: dequantise Q to bf16 (native-bf16 CPUs, AMX / AVX512-BF16) or fp32 (others) and run a GEMM,
-    scaling the output rows by s (int8pack_mm at M = 64 was 0.6× the fp32 GEMM, at M = 16 still 1.1–1.3×);
-  * bf16, M = 1: `torch.mv` in bf16 (fp32 accumulation), 1.3–1.7× fp32 on the large weights (0.5× on k/v);
-  * bf16, M > 1: a bf16 GEMM where the CPU runs bf16 natively (1.3–4.4× fp32 here), else the weight upcast to fp32
-    (bf16 GEMMs with M > 1 are emulated, tens of times slower, on AVX2-only CPUs);
+    scaling the output rows by s;
+  * bf16, M = 1: `torch.mv` in bf16 (fp32 accumulation);
+  * bf16, M > 1: a bf16 GEMM where the CPU runs bf16 natively, else the weight upcast to fp32 (bf16 GEMMs with M > 1
+    are emulated, tens of times slower, on AVX2-only CPUs);
   * off the CPU (CUDA): the dequantising / upcasting GEMM in the input's dtype.
 `force_path` pins one path (tests run every path on every machine this way).
 
 Inference only: a quantised module refuses `.train()`, and the model's `save_pretrained` refuses to write (the
 int8 / bf16 tensors are not the checkpoint format `from_pretrained` reads). Embeddings stay fp32: a lookup reads one
-row per token, there is nothing to gain. The LM head is quantised unless `lm_head=False` (its int8 copy is 1.8× faster
-to read and adds 28 MB beside the tied fp32 embedding of the default model).
+row per token, there is nothing to gain. The LM head is quantised unless `lm_head=False` (read faster as int8 at a
+small cost in perplexity, both measured in the README; the int8 copy takes out × in bytes beside a tied fp32
+embedding).
 """
 
 from __future__ import annotations

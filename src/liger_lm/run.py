@@ -20,7 +20,6 @@ import copy
 import gc
 import json
 import logging
-import math
 import shutil
 import time
 from contextlib import contextmanager
@@ -39,7 +38,15 @@ from .convert import convert, write_model_card
 from .data.instructions import LOCAL_SUFFIXES, load_instruction_records
 from .data.prose import held_out_prose
 from .data.tasks import TASKS, local_task_examples
-from .evaluate import accuracy_standard_error, evaluate_suite, perplexity_ratio, prose_perplexity, recovery
+from .evaluation import (
+    HELD_OUT_WINDOWS,
+    evaluate_suite,
+    perplexity,
+    perplexity_ratio,
+    plot_recovery,
+    recovery,
+    render_report,
+)
 from .modeling.attention import LinearizedAttention
 from .presets import DEFAULT_PRESET, PRESETS
 from .generation import generate_text
@@ -57,16 +64,11 @@ from .io import (
 )
 from .modeling.cache import cache_bytes
 from .models import DEFAULT_MODEL_NOTE, check_convertible, load_model
-from .report import plot_recovery, recovery_table_markdown
 from .training import TrainConfig, train
 from .training.config import PRECISIONS
 from .training.trainer import use_bf16
 
 DEFAULT_PROMPTS = ["What is the capital of France?", "Write one sentence about the sea."]
-PAPER_RESULTS = [  # docs/method.md §4: Liger-GLA, 0.02 B training tokens; six tasks (PiQA, ARC-e/c, HellaSwag, WinoGrande, MMLU)
-    ("Llama-3-8B → Liger-GLA", 71.7, 67.6),
-    ("Llama-3.2-1B → Liger-GLA", 55.1, 52.9),
-]
 
 
 @dataclass(frozen=True)
@@ -107,18 +109,43 @@ BUDGETS = {
 
 @dataclass
 class RunOptions:
-    model: str = "default"
-    out: Path = Path("runs/default")
-    preset: str = DEFAULT_PRESET
-    liger: LigerConfig | None = None  # None: the preset's conversion settings
-    budget: str = "default"
-    data: str | None = None  # None: the preset's training data
-    tasks: dict[str, int | None] | None = None  # None: the default suite at the budget's size
-    seed: int = 0
-    precision: str = "auto"  # of the fine-tune: "auto" (bf16 where the hardware runs it natively), "fp32" or "bf16"
-    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
-    max_new_tokens: int = 32
-    overwrite: bool = False
+    """What `liger run` does; each field's `metadata["help"]` is its `liger run` option's help. The fine-tune's
+    settings are the budget's sizes, then the preset's recipe, then `train` (the `TrainConfig` fields given)."""
+
+    model: str = field(default="default", metadata={
+        "help": "'default' (embedded SmolLM2-135M-Instruct, Q4_1 GGUF), a Hugging Face id, a local folder or a "
+                ".gguf file."})
+    out: Path = field(default=Path("runs/default"), metadata={
+        "help": "Run folder: model/, train/, eval/, report.md, results.json, recovery.png."})
+    preset: str = field(default=DEFAULT_PRESET, metadata={
+        "help": "Named recipe (conversion settings, fine-tune, data): paper is the paper's exact Liger-GLA; the "
+                "default is the best measured (README: Presets). Options given override its settings.",
+        "choices": tuple(PRESETS)})
+    liger: LigerConfig | None = field(default=None, metadata={  # None: the preset's conversion settings
+        "help": "Conversion settings (on the command line: the LigerConfig options over --preset).", "cli": False})
+    budget: str = field(default="default", metadata={
+        "help": "tiny (smoke test), default (about 20 min on a 2-core CPU), long (10× the training, about 2 h) or "
+                "paper (20 M tokens; needs a GPU).", "choices": tuple(BUDGETS)})
+    data: str | None = field(default=None, metadata={  # None: the preset's training data
+        "help": "Fine-tuning data (default: the preset's): default (BIG-bench instructions), prose, mix, a local "
+                "file or a Hugging Face dataset."})
+    tasks: dict[str, int | None] | None = field(default=None, metadata={  # None: the default suite, budget's size
+        "help": "default (the suite at the budget's size) or name[=size],… (task names or .jsonl files).",
+        "syntax": "tasks"})
+    seed: int = field(default=0, metadata={"help": "Seed of the conversion, fine-tune and task sampling."})
+    precision: str = field(default="auto", metadata={
+        "help": "Fine-tune precision: auto (bf16 where the hardware runs it natively), fp32 or bf16.",
+        "choices": PRECISIONS})
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS), metadata={
+        "help": "Prompts answered greedily by the base and the Liger model in the report; repeat for several "
+                "(default: two fixed questions).", "option": "--prompt", "syntax": "repeat"})
+    max_new_tokens: int = field(default=32, metadata={"help": "New tokens per report answer.", "min": 1})
+    overwrite: bool = field(default=False, metadata={
+        "help": "Start over instead of reusing finished steps in --out: the new run is built beside it and "
+                "replaces it once complete."})
+    train: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "`TrainConfig` fields over the budget's and the preset's (on the command line: the TrainConfig "
+                "options).", "cli": False})
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -130,7 +157,8 @@ class RunOptions:
 
     def train_config(self) -> TrainConfig:
         budget = BUDGETS[self.budget]
-        return budget.train_config(self.data, self.seed, self.training_precision(), **PRESETS[self.preset].train)
+        recipe = {**PRESETS[self.preset].train, **self.train}
+        return budget.train_config(self.data, self.seed, self.training_precision(), **recipe)
 
     def settings(self) -> dict[str, Any]:
         """What the outputs depend on (compared with `run.json` to decide what can be reused)."""
@@ -334,7 +362,8 @@ class _Steps:
         return scores
 
     def prose(self) -> dict[str, Any]:
-        """Held-out prose perplexity (`prose_perplexity`) of each model, and the ratios to the base model."""
+        """Held-out prose perplexity (`perplexity` in its held-out layout) of each model, and the ratios to the base
+        model."""
         tokens = BUDGETS[self.options.budget].prose_tokens
         if not tokens:
             return {}
@@ -344,14 +373,18 @@ class _Steps:
             return json.loads(path.read_text(encoding="utf-8"))
         text = held_out_prose()
         models = {"base": self.base, "liger_untrained": self.untrained, "liger": self.trained}
+
+        def held_out(model: PreTrainedModel) -> dict[str, Any]:
+            return perplexity(model, self.tokenizer(), text, max_tokens=tokens, **HELD_OUT_WINDOWS).to_dict()
+
         values = {}
         for name, model in models.items():
             self.log(f"held-out prose perplexity of the {name} model ({tokens:,} tokens) …")
-            values[name] = self._timed(f"prose_{name}", lambda: prose_perplexity(model(), self.tokenizer(), text, tokens))
+            values[name] = self._timed(f"prose_{name}", lambda: held_out(model()))
         if self.options.liger.rec_weight and self.options.liger.swa_weight:
             self.log("… and with its recurrent branch zeroed (is it used?) …")
             with recurrent_branch_off(self.trained()):
-                values["liger_recurrent_off"] = prose_perplexity(self.trained(), self.tokenizer(), text, tokens)
+                values["liger_recurrent_off"] = held_out(self.trained())
         ratios = {name: perplexity_ratio(result, values["base"]) for name, result in values.items() if name != "base"}
         prose = {"source": "Quoref Wikipedia passages (BIG-bench NI subtasks 001-002), never trained on",
                  **values, "ratio_to_base": ratios}
@@ -421,94 +454,3 @@ def findings(results: dict[str, Any]) -> list[str]:
             found.append(f"zeroing the recurrent branch does not hurt (× base {on['ratio']} → {off['ratio']}): "
                          "the trained model does not use it")
     return found
-
-
-def render_report(results: dict[str, Any]) -> str:
-    """The Markdown report of a run."""
-    liger, training, rec, sec = results["liger"], results["training"], results["recovery"], results["seconds"]
-    config = training["config"]
-    stages = " → ".join(stage["objective"] for stage in config["stages"]) or config["objective"]
-    lines = [
-        "# liger-lm run",
-        "",
-        f"- model: {results['model']}" + (f" ({results['model_note']})" if results["model_note"] else ""),
-        f"- preset `{results['preset']}`: gate={liger['gate']}, window={liger['window']}, sinks={liger['sinks']}, "
-        + (f"combine=shared (ω init {liger['rec_logit_init']})" if liger["combine"] == "shared" else
-           f"normalize={liger['normalize']}, α={liger['rec_weight']}, β={liger['swa_weight']}")
-        + f", softmax layers={liger['softmax_layers'] or 'none'}; {results['conversion']['parameters']:,} parameters"
-        + (" (+ one logit per head and layer)" if liger["combine"] == "shared" else " (none added)"),
-        f"- fine-tune: {training['tokens_trained']:,} tokens (budget '{results['budget']['name']}', "
-        f"{results['precision']}), {stages}, LoRA r={config['lora_r']} on {', '.join(config['lora_targets'])}; "
-        f"held-out answer loss {training['eval_loss_before']} → {training['eval_loss_after']}",
-        "- time of this invocation (s): " + ", ".join(f"{k} {v}" for k, v in sec.items()),
-        "",
-    ]
-    if results["warnings"]:
-        lines += ["## What looks wrong", "", *(f"- **{warning}**" for warning in results["warnings"]), ""]
-    if results["prose"]:
-        lines += _prose_section(results["prose"])
-    lines += [
-        f"## Zero-shot tasks ({rec['metric']}, ×100): recovery {rec['average']:.1f} %",
-        "",
-        recovery_table_markdown(results["scores"]["base"], results["scores"]["liger"], base_name="base",
-                                converted_name="Liger"),
-        _standard_errors(results["scores"], rec["metric"]),
-        "",
-        "For comparison, the paper (different, larger models and tasks; 0.02 B training tokens):",
-        "",
-        "| model | base avg | Liger avg | recovery % |",
-        "|---|---:|---:|---:|",
-        *(f"| {name} | {b} | {c} | {100 * c / b:.1f} |" for name, b, c in PAPER_RESULTS),
-        "",
-        "## Decode cache per sequence",
-        "",
-        "| context tokens | base KV cache | Liger state + window |",
-        "|---|---|---|",
-    ]
-    cache = results["cache_bytes"]
-    for length in cache["base"]:
-        lines.append(f"| {length} | {_mb(cache['base'][length])} | {_mb(cache['liger'][length])} |")
-    lines += ["", "## Greedy generations", ""]
-    for item in results["generations"]:
-        lines += [f"**Prompt:** {item['prompt']}", "", f"- base: {item['base']!r}", f"- Liger: {item['liger']!r}", ""]
-    return "\n".join(lines)
-
-
-PROSE_ROWS = {"base": "base (softmax attention)", "liger_untrained": "Liger, before fine-tuning",
-              "liger": "Liger, fine-tuned", "liger_recurrent_off": "Liger, fine-tuned, recurrent branch zeroed"}
-
-
-def _prose_section(prose: dict[str, Any]) -> list[str]:
-    base = prose["base"]
-    lines = [
-        f"## Held-out prose perplexity ({base['tokens']:,} tokens in windows of {base['context']:,}; "
-        f"by position in windows of {base['long_context']:,})",
-        "",
-        f"{prose['source']}. × base is paired over the same windows, ± one standard error.",
-        "",
-        "| model | perplexity | × base | " + " | ".join(f"positions {span}" for span in base["by_position"]) + " |",
-        "|---|---:|---:|" + "---:|" * len(base["by_position"]),
-    ]
-    for name, label in PROSE_ROWS.items():
-        if name not in prose:
-            continue
-        result, ratio = prose[name], prose["ratio_to_base"].get(name)
-        times = "1" if ratio is None else f"{ratio['ratio']:.3f} (× e^±{ratio['log_ratio_se']:.3f})"
-        lines.append(f"| {label} | {result['ppl']:.2f} | {times} | "
-                     + " | ".join(f"{value:.2f}" for value in result["by_position"].values()) + " |")
-    return lines + [""]
-
-
-def _standard_errors(scores: dict[str, dict[str, dict]], metric: str) -> str:
-    """One line: the binomial standard error of each model's average score (points)."""
-    parts = []
-    for role, by_task in scores.items():
-        errors = [accuracy_standard_error(score[metric], score["n"]) for score in by_task.values()]
-        average = math.sqrt(sum(e * e for e in errors)) / len(errors) if errors else float("nan")
-        parts.append(f"{role} ±{100 * average:.1f}")
-    sizes = ", ".join(f"{task} {score['n']}" for task, score in scores["base"].items())
-    return f"Standard error of the average (binomial, points): {', '.join(parts)}; examples per task: {sizes}."
-
-
-def _mb(num_bytes: int) -> str:
-    return f"{num_bytes / 2**20:.2f} MiB"

@@ -11,65 +11,83 @@ benchmark also runs the base model's GGUF through llama.cpp (`llama_cpp.py`) whe
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
-from ..config import LigerConfig
+from ..config import COUNT_SYNTAX, LigerConfig, parse_count
 from ..errors import BenchmarkError  # noqa: F401 (re-exported)
-from ..hardware import environment
 from ..io import write_text_atomic
 from ..presets import DEFAULT_PRESET, PRESETS
-from ..quantize import FORMATS
-from .llama_cpp import run_llama_cpp
-from .measure import memory_note
-from .model_bench import DTYPES, ModelBenchSettings, run_model_benchmark
-from .model_bench import __doc__ as MODEL_PROTOCOL
-from .ops_bench import OpsBenchSettings, run_ops_benchmark
-from .report import decode_table, model_summary, ops_summary, plot_model, plot_ops, write_outputs
+
+if TYPE_CHECKING:
+    import torch
+
+# The measuring modules (torch, transformers) are imported by the functions that run them, so that `BenchOptions`'
+# fields, which `liger bench` turns into its options, can be read without loading torch (`liger bench --help`).
 
 __all__ = ["BenchOptions", "BenchmarkError", "parse_sizes", "run_benchmark"]
 
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$")
-
-
 def parse_sizes(text: str, option: str) -> list[int]:
-    """'1k,4k,16k' -> [1024, 4096, 16384] (k = 1024, m = 1024²); raises BenchmarkError naming `option`."""
+    """'1k,4k,16k' -> [1024, 4096, 16384]: positive counts (`liger_lm.config.parse_count`: k = 1,024, M = 1,024²,
+    the rule of every count on the command line); raises BenchmarkError naming `option`."""
     sizes = []
     for part in text.split(","):
-        match = _SIZE.match(part)
-        if not match or int(match.group(1)) == 0:
-            raise BenchmarkError(f"{option}: expected positive sizes like '1k,4k,16k' or '1,16', got {text!r}")
-        sizes.append(int(match.group(1)) * {"": 1, "k": 1024, "m": 1024**2}[match.group(2).lower()])
+        try:
+            size = parse_count(part)
+        except ValueError:
+            size = 0
+        if size < 1:
+            raise BenchmarkError(f"{option}: expected positive sizes like '1k,4k,16k' or '1,16' ({COUNT_SYNTAX}), "
+                                 f"got {text!r}")
+        sizes.append(size)
     return sizes
 
 
 @dataclass
 class BenchOptions:
-    """What `liger bench` measures (see the module docstrings of model_bench and ops_bench for the protocol)."""
+    """What `liger bench` measures (see the module docstrings of model_bench and ops_bench for the protocol); each
+    field's `metadata["help"]` is its `liger bench` option's help."""
 
-    out: Path = Path("bench")
-    model: str = "default"
-    ops: bool = False
-    lengths: list[int] = field(default_factory=lambda: [1024, 4096, 16384])
-    batches: list[int] = field(default_factory=lambda: [1, 16])
-    dtypes: list[str] = field(default_factory=lambda: ["fp32", "bf16"])
-    weights: list[str] = field(default_factory=lambda: ["fp32"])  # extra rows with int8 / bf16 weights (fp32 model)
-    decode_tokens: int = 16
-    repeats: int = 5
-    max_seconds: float = 20.0
-    short_prefill: int = 256
-    prefill_token_cap: int = 16384
-    forward_length: int = 2048
-    device: str = "auto"
-    liger: LigerConfig = field(default_factory=lambda: LigerConfig(**PRESETS[DEFAULT_PRESET].liger))  # recommended
-    llama_cpp: bool = True  # also run the GGUF through llama-cpp-python when it is installed (CPU only)
+    out: Path = field(default=Path("bench"), metadata={
+        "help": "Folder for model.json + model.png + model.md (ops.json + ops.png with --ops)."})
+    model: str = field(default="default", metadata={
+        "help": "'default' (embedded SmolLM2-135M-Instruct, Q4_1 GGUF), a Hugging Face id, a local folder or a "
+                ".gguf file."})
+    ops: bool = field(default=False, metadata={
+        "help": "Op level instead: chunked vs naive GLA vs torch SDPA, blocked vs naive SWA."})
+    lengths: list[int] = field(default_factory=lambda: [1024, 4096, 16384], metadata={
+        "help": "Context lengths, comma-separated, e.g. 1k,4k,16k.", "min": 1})
+    batches: list[int] = field(default_factory=lambda: [1, 16], metadata={
+        "help": "Batch sizes, comma-separated, e.g. 1,16.", "min": 1, "option": "--batch"})
+    dtypes: list[str] = field(default_factory=lambda: ["fp32", "bf16"], metadata={
+        "help": "Model dtypes, comma-separated: fp32, bf16. On the command line also auto (its default): fp32, "
+                "plus bf16 where the device runs it natively.", "option": "--dtype"})
+    weights: list[str] = field(default_factory=lambda: ["fp32"], metadata={  # extra rows with int8 / bf16 weights
+        "help": "Also measure these weight formats of the linear layers on the fp32 models, e.g. fp32,bf16,int8 "
+                "(fp32: nothing more)."})
+    decode_tokens: int = field(default=16, metadata={"help": "Decode steps per measurement (median step).", "min": 1})
+    repeats: int = field(default=5, metadata={"help": "Timed repeats per prefill / op (median).", "min": 1})
+    max_seconds: float = field(default=20.0, metadata={"help": "Stop repeating a measurement after this long."})
+    short_prefill: int = field(default=256, metadata={
+        "help": "Prefill length of the Liger state for batches too large to prefill.", "min": 1})
+    prefill_token_cap: int = field(default=16384, metadata={
+        "help": "Prefill only where batch × length ≤ this.", "min": 1})
+    forward_length: int = field(default=2048, metadata={
+        "help": "T of the forward-throughput test (fp32 vs bf16 autocast).", "min": 1})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when torch sees a GPU), cpu or cuda[:N]."})
+    liger: LigerConfig = field(  # the recommended conversion
+        default_factory=lambda: LigerConfig(**PRESETS[DEFAULT_PRESET].liger),
+        metadata={"help": "Conversion settings (on the command line: --preset and the LigerConfig options).",
+                  "cli": False})
+    llama_cpp: bool = field(default=True, metadata={
+        "help": "Also run the GGUF through llama-cpp-python when it is installed (CPU only)."})
 
     def validate(self) -> None:
+        from ..quantize import FORMATS
+        from .model_bench import DTYPES
+
         unknown = [d for d in self.dtypes if d not in DTYPES]
         if unknown:
             raise BenchmarkError(f"--dtype: unknown {unknown[0]!r}; choose from {', '.join(DTYPES)}")
@@ -84,20 +102,24 @@ class BenchOptions:
             raise BenchmarkError(f"--max-seconds must be > 0, got {self.max_seconds}")
         if not self.lengths or not self.batches:
             raise BenchmarkError("--lengths and --batch need at least one value each")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise BenchmarkError(f"--device: expected auto, cpu or cuda[:N], got {self.device!r}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise BenchmarkError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
+        self.torch_device()
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        from ..hardware import resolve_device
+
+        return resolve_device(self.device, BenchmarkError)
 
 
 def run_benchmark(options: BenchOptions, log: Callable[[str], None] = lambda _: None, model=None) -> dict:
     """Run the op-level (`options.ops`) or model-level benchmark, write JSON + PNG into `options.out`, return the
     results. `model`: an already loaded base model (otherwise `options.model` is loaded)."""
+    from ..hardware import environment
+    from .measure import memory_note
+    from .model_bench import ModelBenchSettings, run_model_benchmark
+    from .model_bench import __doc__ as MODEL_PROTOCOL
+    from .ops_bench import OpsBenchSettings, run_ops_benchmark
+    from .report import decode_table, model_summary, ops_summary, plot_model, plot_ops, write_outputs
+
     options.validate()
     device = options.torch_device()
     results = {"environment": environment(device), "memory_note": memory_note(device)}
@@ -135,6 +157,8 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = lambda _: 
 
 def _llama_cpp(options: BenchOptions, device: torch.device, log: Callable[[str], None]) -> dict:
     """llama.cpp's batch-1 rows at the same lengths and threads, or why there are none."""
+    from .llama_cpp import run_llama_cpp
+
     if not options.llama_cpp:
         return {"available": False, "reason": "not requested"}
     if device.type != "cpu":

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
-from ..io import write_json_atomic
+from ..io import atomic_file, write_json_atomic
 
 
 def _variant(row: dict) -> str:
@@ -134,9 +132,10 @@ LINESTYLES = {"fp32": "-", "bf16": "--", "int8-weights": ":", "bf16-weights": "-
 def plot_model(results: dict, path: Path) -> None:
     """Decode tok/s, decode memory (weights + cache) and batch-1 prefill tok/s against context length; llama.cpp's
     decode and prefill (batch 1) beside them when it was measured."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API draws without pyplot's global backend and figure list
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    fig = Figure(figsize=(16, 4.8))
+    axes = fig.subplots(1, 3)
     series = sorted({(r["model"], _variant(r), r["batch"]) for r in results["rows"]})
     for model, variant, batch in series:
         rows = sorted(_rows(results, model=model, variant=variant, batch=batch), key=lambda r: r["length"])
@@ -164,14 +163,14 @@ def plot_model(results: dict, path: Path) -> None:
     fig.suptitle(f"{results.get('model', '')}: base vs Liger — {results['environment']['processor']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_ops(results: dict, path: Path) -> None:
     """Median time of each op against sequence length (log-log)."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, axis = plt.subplots(figsize=(7, 4.8))
+    fig = Figure(figsize=(7, 4.8))
+    axis = fig.subplots()
     names = [k for k in results["rows"][0] if k not in ("length", "ratios")]
     for name in names:
         points = [(r["length"], r[name]["seconds"]) for r in results["rows"] if "seconds" in r[name]]
@@ -184,21 +183,10 @@ def plot_ops(results: dict, path: Path) -> None:
     axis.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_outputs(out: Path, name: str, results: dict, plot: Callable[[dict, Path], None]) -> None:
     """`out/<name>.json` and `out/<name>.png`, each written under a temporary name and renamed into place."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.png.tmp-", suffix=".png", dir=out)
-    os.close(fd)
-    try:
-        plot(results, Path(tmp))
-        os.replace(tmp, out / f"{name}.png")
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    write_json_atomic(out / f"{name}.json", results)
+    with atomic_file(Path(out) / f"{name}.png") as staging:
+        plot(results, staging)
+    write_json_atomic(Path(out) / f"{name}.json", results)

@@ -11,7 +11,9 @@ Sources (`load_instruction_records(source)`):
   and `output` fields; `prompt` + `response` (prompt becomes the instruction) or `text` rows (cut like `.txt`
   files) are accepted too;
 - a local `.txt` file: plain text split at blank lines into `{"text"}` chunks of at most `TEXT_CHUNK_CHARS` characters;
-- anything else: a Hugging Face dataset, `name`, `name:split` or `name:config:split` (split defaults to `train`).
+- anything else: a Hugging Face dataset, `hf:<dataset>[:<config>]:<split>` as `liger eval --ppl` writes it
+  (`liger_lm.data.hub`; without a column: rows are read whole), or without the prefix `name`, `name:split` or
+  `name:config:split` (the split defaults to `train`).
 Rows whose response (or text) is empty are skipped. The result is shuffled with `seed`, then cut to `limit`.
 """
 
@@ -27,6 +29,7 @@ from typing import Any
 from .bigbench import EVAL_SUBTASKS, TRAINING_EXCLUDED_SUBTASKS, natural_instruction_subtasks, read_task_json
 from ..io import read_utf8
 from .errors import DataError
+from .hub import parse_hub_source
 from .prose import training_prose_records
 from .text import TEXT_CHUNK_CHARS, text_chunks
 
@@ -160,17 +163,11 @@ def _usable(rows: Iterable[tuple[Any, str]]) -> list[dict[str, str]]:
 
 
 def _hub_records(source: str) -> list[dict[str, str]]:
-    """A Hugging Face dataset `name`, `name:split` or `name:config:split` (datasets is imported only here)."""
-    parts = source.split(":")
-    if len(parts) > 3 or not all(parts):
-        raise DataError(f"cannot parse data source {source!r}; use 'default', a .json/.jsonl/.txt file, or name[:config][:split]")
-    name, config, split = parts[0], (parts[1] if len(parts) == 3 else None), (parts[-1] if len(parts) > 1 else "train")
-    import datasets
-
-    try:
-        dataset = datasets.load_dataset(name, config, split=split)
-    except Exception as err:  # datasets raises many types (connection, missing split, missing config, ...)
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise DataError(f"cannot load Hugging Face dataset {name!r} (config {config}, split {split!r}): {first_line}; "
-                        "check the name and split, and that the Hub is reachable (or the dataset is in the local cache)") from err
+    """A Hugging Face dataset (`liger_lm.data.hub`; the split defaults to `train`), every row read whole."""
+    hub = parse_hub_source(source, default_split="train")
+    if hub is None or hub.column is not None:
+        raise DataError(f"cannot parse data source {source!r}; use 'default', a .json/.jsonl/.txt file, or "
+                        "hf:<dataset>[:<config>]:<split> (or name[:config][:split])")
+    dataset = hub.load(DataError, "check the name and split, and that the Hub is reachable (or the dataset is in the "
+                                  "local cache)")
     return _usable((row, f"dataset {source} row {index}") for index, row in enumerate(dataset))

@@ -1,4 +1,9 @@
-"""`TrainConfig`: every setting of the recovery fine-tune, with the paper's defaults."""
+"""`TrainConfig`: every setting of the recovery fine-tune, with the paper's defaults.
+
+Each field carries its help text in `metadata["help"]`; `liger train` and `liger run` generate their options from
+them (`liger_lm.cli`). Like `liger_lm.config`, this module imports no torch: the objectives are looked up in
+`validate()`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import TrainConfigError  # noqa: F401 (re-exported)
-from .objectives import OBJECTIVES
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -24,42 +28,67 @@ class Stage:
 
 @dataclass
 class TrainConfig:
-    """Recovery fine-tune settings. Defaults are the paper's: LoRA r 8, α 8 on q/k/v, CE, lr 1e-3, 8 × 1024 tokens a step."""
+    """Recovery fine-tune settings. Defaults are the paper's: LoRA r 8, α 8 on q/k/v, CE, lr 1e-3, 8 × 1024 tokens a
+    step. Each field's `metadata["help"]` says what it does (`liger train --help` lists them all)."""
 
-    data: str = "default"  # "default" (BIG-bench instructions), a local .json/.jsonl/.txt file or an HF dataset name
-    max_tokens: int = 2_000_000  # token budget: steps = ceil(max_tokens / tokens per optimizer step)
-    seq_len: int = 1024
-    batch_size: int = 1  # sequences per device per micro-step
-    grad_accum: int = 8
-    objective: str = "ce"
-    kd_temperature: float = 1.0
-    logit_lr_scale: float = 100.0  # learning rate of new per-head logits (combine="shared"'s ω) relative to `lr`
-    lr: float = 1e-3
-    schedule: str = "cosine"
-    warmup: float = 0.05  # fraction of the steps
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    use_lora: bool = True
-    lora_r: int = 8
-    lora_alpha: int = 8
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
-    train_feature_maps: bool = False  # LoLCATs: also train the feature maps and window factors
-    records: int | None = None  # use at most this many training records (None: all)
-    eval_records: int = 64  # held-out records (never trained on) for the eval loss
-    drop_long: bool = True  # drop records longer than seq_len (False: refuse them with an error)
-    prompt_loss: bool = False  # also train on prompt tokens (the paper: response only; the held-out loss always is)
-    eval_every: int | None = None  # optimizer steps between evaluations (None: 4 per run)
-    save_every: int | None = None  # optimizer steps between checkpoints (None: about 10 per run)
-    log_every: int = 1
-    precision: str = "auto"  # "auto": bf16 where the hardware runs it fast (CUDA with bf16, CPU with AVX-512 BF16)
-    seed: int = 0
-    merge: bool = False  # also write merged standalone weights
-    progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)  # passed through to transformers.TrainingArguments
+    data: str = field(default="default", metadata={
+        "help": "default (BIG-bench instructions), prose, mix (both), a local .json/.jsonl/.txt file or a Hugging "
+                "Face dataset name[:split]."})
+    max_tokens: int = field(default=2_000_000, metadata={
+        "help": "Token budget: steps = ceil(max_tokens / tokens per optimizer step)."})
+    seq_len: int = field(default=1024, metadata={"help": "Packed sequence length (tokens per row).", "min": 2})
+    batch_size: int = field(default=1, metadata={"help": "Sequences per device per micro-step.", "min": 1})
+    grad_accum: int = field(default=8, metadata={"help": "Micro-steps per optimizer step.", "min": 1})
+    objective: str = field(default="ce", metadata={
+        "help": "ce (next-token cross-entropy, the paper), kd (KL to the original model), kd+ce, or attn "
+                "(attention transfer: MSE of each layer's output to its softmax attention's)."})
+    kd_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the kd objective."})
+    logit_lr_scale: float = field(default=100.0, metadata={
+        "help": "Learning rate of new per-head logits (combine=shared's ω) relative to lr."})
+    lr: float = field(default=1e-3, metadata={"help": "Peak learning rate (after warm-up, then the schedule)."})
+    schedule: str = field(default="cosine", metadata={
+        "help": "Learning-rate schedule: a transformers lr_scheduler_type (cosine, linear, constant, …)."})
+    warmup: float = field(default=0.05, metadata={"help": "Warm-up, as a fraction of the steps, in [0, 1)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    use_lora: bool = field(default=True, metadata={
+        "help": "Train LoRA adapters (off: only LoLCATs' feature maps, with train_feature_maps)."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank r.", "min": 1})
+    lora_alpha: int = field(default=8, metadata={"help": "LoRA α (scale α / r).", "min": 1})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout, in [0, 1)."})
+    lora_targets: tuple[str, ...] = field(default=("q_proj", "k_proj", "v_proj"), metadata={
+        "help": "Module names LoRA wraps, comma-separated."})
+    train_feature_maps: bool = field(default=False, metadata={
+        "help": "LoLCATs: also train the feature maps and window factors."})
+    records: int | None = field(default=None, metadata={
+        "help": "Use at most this many training records (default: all).", "min": 1})
+    eval_records: int = field(default=64, metadata={
+        "help": "Held-out records (never trained on) for the eval loss.", "min": 0})
+    drop_long: bool = field(default=True, metadata={
+        "help": "Drop records longer than seq_len (off: refuse them with an error)."})
+    prompt_loss: bool = field(default=False, metadata={
+        "help": "Also train on prompt tokens (the paper: responses only; the held-out loss always is)."})
+    eval_every: int | None = field(default=None, metadata={
+        "help": "Optimizer steps between evaluations (default: 4 per run).", "min": 1})
+    save_every: int | None = field(default=None, metadata={
+        "help": "Optimizer steps between checkpoints (default: about 10 per run).", "min": 1})
+    log_every: int = field(default=1, metadata={"help": "Optimizer steps between log lines.", "min": 1})
+    precision: str = field(default="auto", metadata={
+        "help": "auto (bf16 where the hardware runs it fast: CUDA with bf16, CPUs with AVX-512 BF16 or AMX), fp32 "
+                "or bf16.", "choices": PRECISIONS})
+    seed: int = field(default=0, metadata={"help": "Seed of the data order, held-out split and LoRA initialisation."})
+    merge: bool = field(default=False, metadata={"help": "Also write merged standalone weights (merged/)."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    extra: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "Passed through to transformers.TrainingArguments, e.g. gradient_checkpointing=true,"
+                "dataloader_num_workers=2 (values read as JSON where they parse, else as text)."})
     # Objectives run one after another on one LoRA adapter, e.g. ("attn", "kd"): attention transfer, then
     # distillation (each a `Stage` or an objective name; the budget is split by share). Empty: one `objective` stage.
-    stages: tuple[Stage | str, ...] = ()
+    stages: tuple[Stage | str, ...] = field(default=(), metadata={
+        "help": "Objectives run one after another on one LoRA adapter (overrides objective), each "
+                "objective[:share][@lr], comma-separated: attn,kd splits the budget evenly; attn:0.25,kd:0.75@3e-4 "
+                "gives attention transfer a quarter and distillation three quarters at lr 3e-4; none = one stage.",
+        "syntax": "stages"})
 
     def tokens_per_step(self, world_size: int = 1) -> int:
         return self.seq_len * self.batch_size * self.grad_accum * world_size
@@ -74,6 +103,8 @@ class TrainConfig:
         return dataclasses.replace(self, **overrides)
 
     def validate(self) -> "TrainConfig":
+        from .objectives import OBJECTIVES  # beside the losses (torch)
+
         if self.objective not in OBJECTIVES:
             raise TrainConfigError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
         if self.precision not in PRECISIONS:

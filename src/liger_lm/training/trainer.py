@@ -38,10 +38,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 
 from ..convert import is_converted, write_model_card
 from ..errors import NonFiniteLossError, ResumeError
-from ..hardware import fast_bf16
+from ..hardware import fast_bf16, resolve_device
 from ..io import (
     OutputExistsError,
     atomic_directory,
+    atomic_file,
     output_lock,
     replace_folder,
     staging_folder,
@@ -133,7 +134,7 @@ def train(
 
 def _processes() -> PartialState:
     """The launch's processes: the state `TrainingArguments(use_cpu=…)` sets up, created early for `_prepare_out`."""
-    return PartialState(cpu=not torch.cuda.is_available())
+    return PartialState(cpu=resolve_device().type == "cpu")
 
 
 def _check_fits(model: nn.Module, plan: list[tuple[str, TrainConfig]]) -> None:
@@ -329,7 +330,7 @@ def _training_arguments(
         optim="adamw_torch",
         bf16=use_bf16(config.precision),
         # Trainer refuses bf16 without a GPU unless told it is on the CPU ("Your setup doesn't support bf16/gpu").
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=resolve_device().type == "cpu",
         eval_strategy="steps" if has_eval else "no",
         eval_on_start=eval_first,
         eval_steps=config.eval_every or max(1, steps // 4),
@@ -357,7 +358,7 @@ def use_bf16(precision: str) -> bool:
     """bf16 autocast for "bf16", and for "auto" where the hardware runs it natively (`hardware.fast_bf16`)."""
     if precision != "auto":
         return precision == "bf16"
-    return fast_bf16("cuda" if torch.cuda.is_available() else "cpu")
+    return fast_bf16(resolve_device())
 
 
 class RecoveryTrainer(Trainer):
@@ -540,9 +541,8 @@ def _trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _save_trained(model: nn.Module, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(_trained_state(model), str(tmp))
-    tmp.replace(path)
+    with atomic_file(path) as staging:
+        save_file(_trained_state(model), str(staging))
 
 
 def _load_trained(model: nn.Module, path: Path) -> None:
