@@ -2,8 +2,8 @@
 
     python scripts/preset_decode.py [--context 1024]
 
-One prefill of `--context` random tokens, then 24 single-token greedy steps inside `decode_layout`; the rate is the
-median of the last 20 steps. The models run one after another in the same process (for ratios, not absolutes).
+One prefill of `--context` random tokens per model, then 24 single-token greedy steps inside `decode_layout`, the
+models taking turns step by step in one process (for ratios, not absolutes); the rate is the median of the last 20.
 """
 
 from __future__ import annotations
@@ -22,17 +22,23 @@ from liger_lm.presets import PRESETS
 
 
 @torch.no_grad()
-def decode_rate(model, ids: torch.Tensor, steps: int = 24, warmup: int = 4) -> float:
-    """Tokens per second of single-token greedy steps after a prefill of `ids` [1, T]."""
-    with liger_lm.decode_layout(model):
-        cache = DynamicCache(config=model.config)
-        token = model(ids, **with_cache(cache), use_cache=True, logits_to_keep=1).logits[:, -1:].argmax(-1)
-        times = []
-        for _ in range(steps):
-            started = time.perf_counter()
-            token = model(token, **with_cache(cache), use_cache=True).logits[:, -1:].argmax(-1)
-            times.append(time.perf_counter() - started)
-    return 1 / statistics.median(times[warmup:])
+def decode_rates(models: dict[str, torch.nn.Module], ids: torch.Tensor, steps: int = 24, warmup: int = 4) -> dict:
+    """Tokens per second of single-token greedy steps after a prefill of `ids` [1, T], for each model: the steps run
+    in rounds (one step of each model per round), so drift of a shared machine hits every model alike."""
+    caches, tokens, times = {}, {}, {name: [] for name in models}
+    for name, model in models.items():
+        caches[name] = DynamicCache(config=model.config)
+        with liger_lm.decode_layout(model):
+            logits = model(ids, **with_cache(caches[name]), use_cache=True, logits_to_keep=1).logits
+        tokens[name] = logits[:, -1:].argmax(-1)
+    for _ in range(steps):
+        for name, model in models.items():
+            with liger_lm.decode_layout(model):
+                started = time.perf_counter()
+                logits = model(tokens[name], **with_cache(caches[name]), use_cache=True).logits
+                times[name].append(time.perf_counter() - started)
+            tokens[name] = logits[:, -1:].argmax(-1)
+    return {name: 1 / statistics.median(values[warmup:]) for name, values in times.items()}
 
 
 def main() -> None:
@@ -43,8 +49,10 @@ def main() -> None:
     ids = torch.randint(3, base.config.vocab_size, (1, args.context), generator=torch.Generator().manual_seed(0))
     models = {"base": base, **{name: liger_lm.convert(copy.deepcopy(base), **preset.liger)
                                for name, preset in PRESETS.items()}}
-    for name, model in models.items():
-        print(f"{name}: {decode_rate(model, ids):.1f} tok/s at {args.context} tokens of context", flush=True)
+    rates = decode_rates(models, ids)
+    for name, rate in rates.items():
+        print(f"{name}: {rate:.1f} tok/s at {args.context} tokens of context ({rate / rates['base']:.2f}× base)",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -383,7 +383,7 @@ def _train_config() -> type:
 
 
 def _run_options() -> type:
-    from .run import RunOptions
+    from .run_config import RunOptions
 
     return RunOptions
 
@@ -420,7 +420,7 @@ def _by_budget_and_preset(f: dataclasses.Field) -> str | None:
 @functools.cache
 def _run_train_configs() -> dict[tuple[str, str], Any]:
     """The fine-tune settings of `liger run` for each (budget, preset), before any option."""
-    from .run import BUDGETS
+    from .run_config import BUDGETS
 
     return {(b, p): budget.train_config("default", 0, **preset.train)
             for b, budget in BUDGETS.items() for p, preset in PRESETS.items()}
@@ -584,7 +584,8 @@ def train(
 @command(RUN, LIGER, RUN_TRAIN)
 def run(ctx: typer.Context):
     """The whole pipeline: load → convert → fine-tune → evaluate base and Liger → recovery report (reuses finished steps)."""
-    from .run import RunOptions, main_job
+    from .run import main_job
+    from .run_config import RunOptions
 
     settings = given(ctx, "run")
     liger = _preset_settings(settings.get("preset", DEFAULT_PRESET), given(ctx, "liger"))

@@ -23,7 +23,7 @@ import logging
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -33,7 +33,6 @@ from transformers import DynamicCache, PreTrainedModel
 
 from . import __version__
 from .compat import with_cache
-from .config import LigerConfig
 from .convert import convert, write_model_card
 from .data.instructions import LOCAL_SUFFIXES, load_instruction_records
 from .data.prose import held_out_prose
@@ -48,10 +47,9 @@ from .evaluation import (
     render_report,
 )
 from .modeling.attention import LinearizedAttention
-from .presets import DEFAULT_PRESET, PRESETS
 from .generation import generate_text
 from .hardware import environment
-from .errors import DataError, LigerConfigError, TrainConfigError
+from .errors import DataError, TrainConfigError
 from .io import (
     OutputExistsError,
     atomic_directory,
@@ -64,122 +62,9 @@ from .io import (
 )
 from .modeling.cache import cache_bytes
 from .models import DEFAULT_MODEL_NOTE, check_convertible, load_model
-from .training import TrainConfig, train
+from .training import train
 from .training.config import PRECISIONS
-from .training.trainer import use_bf16
-
-DEFAULT_PROMPTS = ["What is the capital of France?", "Write one sentence about the sea."]
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How much work a run does: training tokens and sequence length, and evaluation examples per task."""
-
-    train_tokens: int
-    seq_len: int
-    grad_accum: int
-    eval_records: int  # held-out instruction records for the fine-tune's eval loss
-    eval_examples: int | None  # per task; None: the task's DEFAULT_SUITE size
-    prompt_loss: bool = False  # train on prompts too (more signal per token on short-answer data)
-    prose_tokens: int = 16_384  # held-out prose tokens scored (windows of 1,024; by position in windows of 4,096)
-
-    def train_config(self, data: str, seed: int, precision: str = "auto", **recipe: Any) -> TrainConfig:
-        """The fine-tune's settings: this budget's sizes, then the preset's `recipe` (stages, LoRA, learning rate)."""
-        return TrainConfig(data=data, max_tokens=self.train_tokens, seq_len=self.seq_len, grad_accum=self.grad_accum,
-                           eval_records=self.eval_records, seed=seed, prompt_loss=self.prompt_loss,
-                           precision=precision).replace(**recipe)
-
-
-# "default" fits `make run` in about 20 minutes on a 2-core CPU with the default model (README has the timing): 128
-# optimizer steps of 1,024 tokens (RADLADS: the number of steps matters more than the batch; rows of 1,024 rather
-# than 512 keep the recurrent branch helpful past 1K tokens, measured in the README), then the multiple-choice
-# suite at 200 examples per task (standard error ≤ 3.5 points) and 16K tokens of held-out prose. It also trains on
-# the prompts: the BIG-bench instructions' answers are short (2.5 % of the tokens); the held-out loss is still
-# measured on answers only. "long" is the same at 10× the tokens (about 2 hours here); "paper" is the paper's recipe
-# (20 M tokens of 8 × 1024, answers only); "tiny" is a smoke test.
-BUDGETS = {
-    "tiny": Budget(train_tokens=512, seq_len=64, grad_accum=2, eval_records=4, eval_examples=8, prose_tokens=0),
-    "default": Budget(train_tokens=131_072, seq_len=1024, grad_accum=1, eval_records=16, eval_examples=200,
-                      prompt_loss=True),
-    "long": Budget(train_tokens=1_310_720, seq_len=1024, grad_accum=1, eval_records=64, eval_examples=200,
-                   prompt_loss=True),
-    "paper": Budget(train_tokens=20_000_000, seq_len=1024, grad_accum=8, eval_records=256, eval_examples=None),
-}
-
-
-@dataclass
-class RunOptions:
-    """What `liger run` does; each field's `metadata["help"]` is its `liger run` option's help. The fine-tune's
-    settings are the budget's sizes, then the preset's recipe, then `train` (the `TrainConfig` fields given)."""
-
-    model: str = field(default="default", metadata={
-        "help": "'default' (embedded SmolLM2-135M-Instruct, Q4_1 GGUF), a Hugging Face id, a local folder or a "
-                ".gguf file."})
-    out: Path = field(default=Path("runs/default"), metadata={
-        "help": "Run folder: model/, train/, eval/, report.md, results.json, recovery.png."})
-    preset: str = field(default=DEFAULT_PRESET, metadata={
-        "help": "Named recipe (conversion settings, fine-tune, data): paper is the paper's exact Liger-GLA; the "
-                "default is the best measured (README: Presets). Options given override its settings.",
-        "choices": tuple(PRESETS)})
-    liger: LigerConfig | None = field(default=None, metadata={  # None: the preset's conversion settings
-        "help": "Conversion settings (on the command line: the LigerConfig options over --preset).", "cli": False})
-    budget: str = field(default="default", metadata={
-        "help": "tiny (smoke test), default (about 20 min on a 2-core CPU), long (10× the training, about 2 h) or "
-                "paper (20 M tokens; needs a GPU).", "choices": tuple(BUDGETS)})
-    data: str | None = field(default=None, metadata={  # None: the preset's training data
-        "help": "Fine-tuning data (default: the preset's): default (BIG-bench instructions), prose, mix, a local "
-                "file or a Hugging Face dataset."})
-    tasks: dict[str, int | None] | None = field(default=None, metadata={  # None: the default suite, budget's size
-        "help": "default (the suite at the budget's size) or name[=size],… (task names or .jsonl files).",
-        "syntax": "tasks"})
-    seed: int = field(default=0, metadata={"help": "Seed of the conversion, fine-tune and task sampling."})
-    precision: str = field(default="auto", metadata={
-        "help": "Fine-tune precision: auto (bf16 where the hardware runs it natively), fp32 or bf16.",
-        "choices": PRECISIONS})
-    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS), metadata={
-        "help": "Prompts answered greedily by the base and the Liger model in the report; repeat for several "
-                "(default: two fixed questions).", "option": "--prompt", "syntax": "repeat"})
-    max_new_tokens: int = field(default=32, metadata={"help": "New tokens per report answer.", "min": 1})
-    overwrite: bool = field(default=False, metadata={
-        "help": "Start over instead of reusing finished steps in --out: the new run is built beside it and "
-                "replaces it once complete."})
-    train: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "`TrainConfig` fields over the budget's and the preset's (on the command line: the TrainConfig "
-                "options).", "cli": False})
-
-    def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise LigerConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        if self.liger is None:
-            self.liger = LigerConfig(**PRESETS[self.preset].liger)
-        if self.data is None:
-            self.data = PRESETS[self.preset].data
-
-    def train_config(self) -> TrainConfig:
-        budget = BUDGETS[self.budget]
-        recipe = {**PRESETS[self.preset].train, **self.train}
-        return budget.train_config(self.data, self.seed, self.training_precision(), **recipe)
-
-    def settings(self) -> dict[str, Any]:
-        """What the outputs depend on (compared with `run.json` to decide what can be reused)."""
-        settings = {
-            "model": self.model, "preset": self.preset, "liger": self.liger.to_dict(),
-            "budget": asdict(BUDGETS[self.budget]), "training": self.train_config().to_dict(), "data": self.data,
-            "tasks": self.task_sizes(), "seed": self.seed,  # the resolved precision is in "training"
-        }
-        return json.loads(json.dumps(settings))  # as stored in run.json
-
-    def training_precision(self) -> str:
-        """The fine-tune's precision as resolved on this machine: "bf16" or "fp32"."""
-        return "bf16" if use_bf16(self.precision) else "fp32"
-
-    def task_sizes(self) -> dict[str, int | None]:
-        from .data.tasks import DEFAULT_SUITE
-
-        examples = BUDGETS[self.budget].eval_examples
-        if self.tasks is not None:
-            return dict(self.tasks)
-        return {name: examples or size for name, size in DEFAULT_SUITE.items()}
+from .run_config import BUDGETS, RunOptions
 
 
 def main_job(options: RunOptions, log: Callable[[str], None] = logging.getLogger(__name__).info) -> dict[str, Any]:
