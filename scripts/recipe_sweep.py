@@ -7,6 +7,10 @@ candidate's "liger" entry), fine-tunes it on the preset's data with `make run`'s
 rows of 1,024 tokens, prompts trained on) for `--tokens` tokens, with the preset's training settings and the
 candidate's `TrainConfig` overrides, and scores `--eval-tokens` tokens of the held-out prose exactly as `liger run`
 does, also with the recurrent branch zeroed. Ratios are paired against the base model, scored once per sweep.
+
+A candidate's "window_min" (an experiment, not a library setting) trains with a window drawn anew for every optimizer
+step, uniformly from [window_min, window], in every layer (`RandomWindow`): what the shorter window drops, the
+recurrent branch must carry. Evaluation and the held-out loss use the configured window.
 """
 
 from __future__ import annotations
@@ -14,15 +18,37 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import random
 import tempfile
 import time
+
+from transformers import TrainerCallback
 
 import liger_lm
 from liger_lm.data.prose import held_out_prose
 from liger_lm.evaluation import HELD_OUT_WINDOWS, perplexity, perplexity_ratio
 from liger_lm.presets import DEFAULT_PRESET, PRESETS
 from liger_lm.run import BUDGETS, recurrent_branch_off
+from liger_lm.modeling.attention import LinearizedAttention
 from liger_lm.training import train
+
+
+class RandomWindow(TrainerCallback):
+    """Every optimizer step runs with a window drawn from [low, the configured window]; restored after the step."""
+
+    def __init__(self, model, low: int, seed: int = 0) -> None:
+        self.mixers = [m for m in model.modules() if isinstance(m, LinearizedAttention)]
+        self.saved = [m.liger for m in self.mixers]
+        self.low, self.random = low, random.Random(seed)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        window = self.random.randint(self.low, self.saved[0].window)
+        for mixer, config in zip(self.mixers, self.saved):
+            mixer.liger = config.replace(window=window)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        for mixer, config in zip(self.mixers, self.saved):
+            mixer.liger = config
 
 
 def main() -> None:
@@ -41,15 +67,19 @@ def main() -> None:
         name, _, overrides = candidate.partition("=")
         overrides = json.loads(overrides or "{}")
         liger = {**preset.liger, **overrides.pop("liger", {})}
+        window_min = overrides.pop("window_min", None)
         model = liger_lm.convert(copy.deepcopy(base), **liger)
+        callbacks = [RandomWindow(model, window_min)] if window_min else []
         config = BUDGETS["default"].train_config(overrides.pop("data", preset.data), seed=0, **preset.train)
         config = config.replace(max_tokens=args.tokens, progress=False, **overrides)
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as folder:
-            trained = train(model, tokenizer, config, f"{folder}/run").model.merge_and_unload().eval()
+            trained = train(model, tokenizer, config, f"{folder}/run", callbacks=callbacks).model
+            trained = trained.merge_and_unload().eval()
         seconds = time.perf_counter() - started
         result = perplexity(trained, tokenizer, text, max_tokens=args.eval_tokens, **HELD_OUT_WINDOWS).to_dict()
-        row = {"name": name, "liger": liger, "train": config.to_dict(), "train_seconds": round(seconds),
+        row = {"name": name, "liger": liger, "window_min": window_min, "train": config.to_dict(),
+               "train_seconds": round(seconds),
                **result, **perplexity_ratio(result, reference)}
         with recurrent_branch_off(trained):
             off = perplexity(trained, tokenizer, text, max_tokens=args.eval_tokens, **HELD_OUT_WINDOWS).to_dict()

@@ -95,6 +95,7 @@ def test_model_benchmark_end_to_end(tmp_path, monkeypatch):
     options = BenchOptions(
         out=tmp_path, lengths=[16, 40], batches=[1, 2], dtypes=["fp32", "bf16"], decode_tokens=2, repeats=1,
         max_seconds=5.0, short_prefill=12, prefill_token_cap=40, forward_length=24, liger=LigerConfig(window=8),
+        train_steps=1, train_seq_len=32,
     )
     results = run_benchmark(options, model=model)
     saved = json.loads((tmp_path / "model.json").read_text())
@@ -132,6 +133,23 @@ def test_model_benchmark_end_to_end(tmp_path, monkeypatch):
     assert set(speeds) == {"16", "40"} and min(speeds.values()) > 0
     assert interleaved["speed_40_over_16"] == pytest.approx(speeds["40"] / speeds["16"], rel=1e-2)
     assert "random" in saved["protocol"] and saved["environment"]["device"] == "cpu"
+    # Conversion settings of no preset: the default preset's recipe is timed (its stages: attn, then kd).
+    training = saved["training"]
+    assert list(training["stages"]) == ["attn", "kd"] and training["seq_len"] == 32
+    assert saved["summary"]["training"]["tokens_per_s"]["kd"] == round(training["stages"]["kd"]["tokens_per_s"], 1)
+    table = (tmp_path / "model.md").read_text()
+    assert "| attn |" in table and "| kd |" in table
+
+
+def test_bench_times_the_recipe_of_the_preset_whose_conversion_it_measures():
+    from liger_lm.benchmark import _preset_of
+    from liger_lm.benchmark.training_speed import _preset_objectives
+    from liger_lm.presets import PRESETS
+
+    assert _preset_of(LigerConfig()) is PRESETS["paper"]
+    assert _preset_objectives(PRESETS["paper"]) == ("ce",)
+    assert _preset_of(LigerConfig(**PRESETS["shared"].liger)) is PRESETS["shared"]
+    assert _preset_objectives(PRESETS["shared"]) == ("attn", "kd")
 
 
 def test_cli_bench_ops_and_bad_lengths(tmp_path):

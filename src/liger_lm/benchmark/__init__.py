@@ -81,6 +81,10 @@ class BenchOptions:
         default_factory=lambda: LigerConfig(**PRESETS[DEFAULT_PRESET].liger),
         metadata={"help": "Conversion settings (on the command line: --preset and the LigerConfig options).",
                   "cli": False})
+    train_steps: int = field(default=2, metadata={
+        "help": "Also time this many fine-tune optimizer steps per stage objective (attn, kd) of the preset's recipe "
+                "on rows of --train-seq-len tokens (0: skip).", "min": 0})
+    train_seq_len: int = field(default=1024, metadata={"help": "Tokens per row of the timed fine-tune steps.", "min": 2})
     llama_cpp: bool = field(default=True, metadata={
         "help": "Also run the GGUF through llama-cpp-python when it is installed (CPU only)."})
 
@@ -95,7 +99,10 @@ class BenchOptions:
         if unknown:
             raise BenchmarkError(f"--weights: unknown {unknown[0]!r}; choose from {', '.join(FORMATS)} "
                                  "(comma-separated)")
-        for name in ("decode_tokens", "repeats", "short_prefill", "prefill_token_cap", "forward_length"):
+        if self.train_steps < 0:
+            raise BenchmarkError(f"--train-steps must be >= 0, got {self.train_steps}")
+        for name in ("decode_tokens", "repeats", "short_prefill", "prefill_token_cap", "forward_length",
+                     "train_seq_len"):
             if getattr(self, name) < 1:
                 raise BenchmarkError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.max_seconds <= 0:
@@ -146,6 +153,11 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = lambda _: 
                    protocol=" ".join(MODEL_PROTOCOL.split()))
     results.update(run_model_benchmark(model, options.liger, settings, device, log))
     results["llama_cpp"] = _llama_cpp(options, device, log)
+    if options.train_steps:
+        from .training_speed import training_step_speed
+
+        results["training"] = training_step_speed(model, _preset_of(options.liger), device, options.train_seq_len,
+                                                  options.train_steps, log=log)
     results["summary"] = model_summary(results)
     write_outputs(options.out, "model", results, plot_model)
     table = decode_table(results)
@@ -153,6 +165,17 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = lambda _: 
     for line in table.splitlines():
         log(line)
     return results
+
+
+def _preset_of(liger: LigerConfig):
+    """The named recipe whose conversion settings `liger` are (its LoRA and stages are what gets timed), else the
+    default preset's recipe with these settings."""
+    from dataclasses import replace
+
+    for preset in PRESETS.values():
+        if LigerConfig(**preset.liger).to_dict() == liger.to_dict():
+            return preset
+    return replace(PRESETS[DEFAULT_PRESET], liger=liger.to_dict())
 
 
 def _llama_cpp(options: BenchOptions, device: torch.device, log: Callable[[str], None]) -> dict:

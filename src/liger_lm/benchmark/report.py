@@ -79,6 +79,11 @@ def model_summary(results: dict) -> dict:
             if "liger_bf16_autocast" in forward else None,  # bf16 not measured (no native bf16 here)
             "length": forward["length"],
         }
+    training = results.get("training")
+    if training:
+        summary["training"] = {"precision": training["precision"], "seq_len": training["seq_len"],
+                               "tokens_per_s": {objective: round(stage["tokens_per_s"], 1)
+                                                for objective, stage in training["stages"].items()}}
     return summary
 
 
@@ -119,6 +124,13 @@ def decode_table(results: dict) -> str:
                      f"{r['prefill']['tokens_per_s']:,.1f} | {r['decode']['tokens_per_s']:,.2f} | – |")
     if not llama.get("available"):
         lines.append(f"\nllama.cpp: {llama.get('reason', 'not measured')}")
+    training = results.get("training")
+    if training:
+        lines += ["", f"Recovery fine-tune, one optimizer step on a row of {training['seq_len']:,} tokens "
+                      f"({training['precision']}, LoRA r {training['lora']['r']}):", "",
+                  "| stage objective | s per step | tokens/s |", "|---|---:|---:|"]
+        lines += [f"| {objective} | {stage['s_per_step']:.2f} | {stage['tokens_per_s']:,.1f} |"
+                  for objective, stage in training["stages"].items()]
     return "\n".join(lines)
 
 

@@ -37,20 +37,31 @@ def _loss(model, ids: torch.Tensor, objective: str) -> torch.Tensor:
     return distillation(logits, teacher, ids)
 
 
+def _preset_objectives(preset: Preset) -> tuple[str, ...]:
+    stages = preset.train.get("stages") or ()
+    if not stages:
+        return (preset.train.get("objective", "ce"),)
+    return tuple(dict.fromkeys(stage["objective"] if isinstance(stage, dict) else getattr(stage, "objective", stage)
+                               for stage in stages))
+
+
 def training_step_speed(
     base: torch.nn.Module,
     preset: Preset,
     device: torch.device,
     seq_len: int = 1024,
     steps: int = 3,
-    objectives: tuple[str, ...] = ("attn", "kd"),
+    objectives: tuple[str, ...] | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict:
-    """Seconds per optimizer step and tokens/s of each objective, for `base` converted with `preset`.
+    """Seconds per optimizer step and tokens/s of each objective (default: the preset's stages, or its one
+    objective), for `base` converted with `preset`.
 
     Returns {"precision", "seq_len", "lora": {r, targets}, "stages": {objective: {"s_per_step", "tokens_per_s",
     "runs"}}}. `base` is not modified (a copy is converted).
     """
+    if objectives is None:
+        objectives = _preset_objectives(preset)
     torch.manual_seed(0)
     model = convert(copy.deepcopy(base), **preset.liger).to(device)
     train = preset.train
