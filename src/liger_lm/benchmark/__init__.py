@@ -11,7 +11,7 @@ benchmark also runs the base model's GGUF through llama.cpp (`llama_cpp.py`) whe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -170,8 +170,6 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = lambda _: 
 def _preset_of(liger: LigerConfig):
     """The named recipe whose conversion settings `liger` are (its LoRA and stages are what gets timed), else the
     default preset's recipe with these settings."""
-    from dataclasses import replace
-
     for preset in PRESETS.values():
         if LigerConfig(**preset.liger).to_dict() == liger.to_dict():
             return preset
