@@ -143,13 +143,14 @@ def test_model_benchmark_end_to_end(tmp_path, monkeypatch):
 
 def test_bench_times_the_recipe_of_the_preset_whose_conversion_it_measures():
     from liger_lm.benchmark import _preset_of
-    from liger_lm.benchmark.training_speed import _preset_objectives
+    from liger_lm.benchmark.training_speed import training_step_speed
     from liger_lm.presets import PRESETS
 
     assert _preset_of(LigerConfig()) is PRESETS["paper"]
-    assert _preset_objectives(PRESETS["paper"]) == ("ce",)
     assert _preset_of(LigerConfig(**PRESETS["shared"].liger)) is PRESETS["shared"]
-    assert _preset_objectives(PRESETS["shared"]) == ("attn", "kd")
+    paper = training_step_speed(tiny_model("llama"), PRESETS["paper"], torch.device("cpu"), seq_len=16, steps=1)
+    assert list(paper["stages"]) == ["ce"]  # the paper's one objective
+    assert paper["lora"] == {"r": 8, "targets": ["q_proj", "k_proj", "v_proj"]}
 
 
 def test_cli_bench_ops_and_bad_lengths(tmp_path):

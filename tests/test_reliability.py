@@ -341,15 +341,15 @@ def test_same_seed_gives_identical_losses_and_adapter_bytes(inputs, reference_ru
 
 NAN_AFTER_6_STEPS = """
 import torch
-import liger_lm.training.trainer as trainer
-real_cross_entropy, training_calls = trainer.cross_entropy, []
+import liger_lm.training.objectives as objectives
+real_cross_entropy, training_calls = objectives.cross_entropy, []
 def poisoned(logits, labels):
     loss = real_cross_entropy(logits, labels)
     if torch.is_grad_enabled():  # training micro-steps only, not evaluation
         training_calls.append(1)
         return loss * float("nan") if len(training_calls) > 6 else loss
     return loss
-trainer.cross_entropy = poisoned
+objectives.cross_entropy = poisoned
 """
 
 
@@ -426,7 +426,7 @@ def test_existing_outputs_are_kept_byte_for_byte(inputs, reference_run, tmp_path
 def test_overwrite_that_fails_half_way_keeps_the_finished_run(inputs, reference_run, tmp_path, capsys, monkeypatch):
     finished_run(tmp_path, reference_run)
     before = checksums(tmp_path / "run")
-    monkeypatch.setattr("liger_lm.training.trainer.cross_entropy", lambda *_: torch.tensor(float("nan")))
+    monkeypatch.setattr("liger_lm.training.objectives.cross_entropy", lambda *_: torch.tensor(float("nan")))
     assert liger_in_process(*[a.replace("{d}", str(inputs)).replace("{t}", str(tmp_path)) for a in RESUME],
                             "--overwrite") == 2
     assert "the ce loss became nan" in _error_lines(capsys.readouterr().err)[0]

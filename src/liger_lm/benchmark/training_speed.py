@@ -15,34 +15,14 @@ import copy
 from typing import Callable
 
 import torch
-from peft import LoraConfig, get_peft_model
 
 from ..convert import convert
 from ..hardware import fast_bf16
 from ..presets import Preset
-from ..training.objectives import attention_transfer, cross_entropy, distillation, teacher_mode
+from ..training.config import TrainConfig, stage_plan
+from ..training.objectives import objective_loss
+from ..training.trainer import trainable
 from .measure import repeat_median
-
-
-def _loss(model, ids: torch.Tensor, objective: str) -> torch.Tensor:
-    if objective == "attn":
-        with attention_transfer(model) as losses:
-            model(input_ids=ids, logits_to_keep=1)
-        return torch.stack(losses).mean()
-    logits = model(input_ids=ids).logits
-    if objective == "ce":
-        return cross_entropy(logits, ids)
-    with torch.no_grad(), teacher_mode(model):
-        teacher = model(input_ids=ids).logits
-    return distillation(logits, teacher, ids)
-
-
-def _preset_objectives(preset: Preset) -> tuple[str, ...]:
-    stages = preset.train.get("stages") or ()
-    if not stages:
-        return (preset.train.get("objective", "ce"),)
-    return tuple(dict.fromkeys(stage["objective"] if isinstance(stage, dict) else getattr(stage, "objective", stage)
-                               for stage in stages))
 
 
 def training_step_speed(
@@ -54,20 +34,18 @@ def training_step_speed(
     objectives: tuple[str, ...] | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict:
-    """Seconds per optimizer step and tokens/s of each objective (default: the preset's stages, or its one
-    objective), for `base` converted with `preset`.
+    """Seconds per optimizer step and tokens/s of each objective (default: those of the preset's stages), for `base`
+    converted with `preset` and made trainable as the fine-tune does it (`training.trainer.trainable`: the preset's
+    LoRA, plus the parameters its mixers train beside LoRA).
 
     Returns {"precision", "seq_len", "lora": {r, targets}, "stages": {objective: {"s_per_step", "tokens_per_s",
     "runs"}}}. `base` is not modified (a copy is converted).
     """
+    config = TrainConfig().replace(**preset.train).validate()
     if objectives is None:
-        objectives = _preset_objectives(preset)
+        objectives = tuple(dict.fromkeys(stage.objective for _, stage in stage_plan(config)))
     torch.manual_seed(0)
-    model = convert(copy.deepcopy(base), **preset.liger).to(device)
-    train = preset.train
-    targets = list(train.get("lora_targets", ("q_proj", "k_proj", "v_proj")))
-    lora = LoraConfig(r=train.get("lora_r", 8), lora_alpha=train.get("lora_alpha", 8), target_modules=targets)
-    model = get_peft_model(model, lora).train()
+    model = trainable(convert(copy.deepcopy(base), **preset.liger).to(device), config).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(0, model.config.vocab_size, (1, seq_len), device=device)
     bf16 = fast_bf16(device)
@@ -76,7 +54,7 @@ def training_step_speed(
         def run() -> None:
             autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
             with autocast:
-                loss = _loss(model, ids, objective)
+                loss, _ = objective_loss(model, {"input_ids": ids}, ids, objective)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
@@ -91,4 +69,4 @@ def training_step_speed(
         log(f"training step, {objective}: {seconds:.2f} s per step of {seq_len} tokens "
             f"({seq_len / seconds:.0f} tokens/s)")
     return {"precision": "bf16 autocast" if bf16 else "fp32", "seq_len": seq_len,
-            "lora": {"r": lora.r, "targets": targets}, "stages": stages}
+            "lora": {"r": config.lora_r, "targets": list(config.lora_targets)}, "stages": stages}

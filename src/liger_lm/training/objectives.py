@@ -111,6 +111,36 @@ def distillation(
     return kl * temperature**2 / _count(labels[:, 1:].reshape(-1), num_items)
 
 
+def objective_loss(
+    model: nn.Module,
+    inputs: dict,
+    labels: torch.Tensor,
+    objective: str,
+    kd_temperature: float = 1.0,
+    unwrapped: nn.Module | None = None,
+):
+    """(loss, outputs) of one batch under `objective` (module docstring): the one place the objectives are computed.
+
+    inputs: the model's keyword inputs without labels; labels [B, T] (-100: not labelled); `unwrapped`: the model
+    inside a distributed wrapper, whose mixers the hooks and the teacher switch reach (default: `model`).
+    """
+    plain = model if unwrapped is None else unwrapped
+    if objective == "ce":
+        outputs = model(**inputs)
+        return cross_entropy(outputs.logits, labels), outputs
+    if objective == "attn":
+        with attention_transfer(plain) as layer_losses:
+            outputs = model(**inputs, logits_to_keep=1)  # the loss needs no logits
+        return torch.stack(layer_losses).mean(), outputs
+    with torch.no_grad(), teacher_mode(plain):
+        teacher_logits = model(**inputs).logits
+    outputs = model(**inputs)
+    loss = distillation(outputs.logits, teacher_logits, labels, kd_temperature)
+    if objective == "kd+ce":
+        loss = loss + cross_entropy(outputs.logits, labels)
+    return loss, outputs
+
+
 def _count(shift_labels: torch.Tensor, num_items) -> torch.Tensor | int:
     if num_items is not None:
         return num_items

@@ -52,7 +52,7 @@ from ..io import (
 from ..modeling.attention import LinearizedAttention
 from .config import TrainConfig, TrainConfigError, stage_plan
 from .data import training_data
-from .objectives import attention_transfer, cross_entropy, distillation, teacher_mode
+from .objectives import objective_loss
 
 COMPLETE = "COMPLETE"
 SETTINGS = "train_config.json"
@@ -220,7 +220,7 @@ def _finished_run(model: PreTrainedModel, folder: Path) -> TrainResult:
 def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: bool, callbacks, processes, last: bool):
     """Train one stage on `data` (from `training_data`); returns the (maybe peft-wrapped) model and a loss summary."""
     set_seed(config.seed)
-    model = _trainable(model, config)
+    model = trainable(model, config)
     finished = out / f"{name}.safetensors"  # what a stage before the last trained, written when it finished
     if resume and not last and finished.is_file():
         _load_trained(model, finished)  # finished in an earlier run: the later stages continue from it
@@ -273,7 +273,7 @@ def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: b
     }
 
 
-def _trainable(model: nn.Module, config: TrainConfig) -> nn.Module:
+def trainable(model: nn.Module, config: TrainConfig) -> nn.Module:
     """Wrap with LoRA (peft) and freeze everything else; LoLCATs feature maps train only in stage 1, the Liger
     `rec_logit` (combine="shared") whenever LoRA does."""
     if config.use_lora:
@@ -391,21 +391,10 @@ class RecoveryTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         batch = {**{k: v for k, v in inputs.items() if k != "labels"}, "use_cache": False}
-        plain = self.accelerator.unwrap_model(model)
-        if not model.training or self.objective == "ce":
-            outputs = model(**batch)
-            loss = cross_entropy(outputs.logits, labels)
-        elif self.objective == "attn":
-            with attention_transfer(plain) as layer_losses:
-                outputs = model(**batch, logits_to_keep=1)
-            loss = torch.stack(layer_losses).mean()
-        else:
-            with torch.no_grad(), teacher_mode(plain):
-                teacher_logits = model(**batch).logits
-            outputs = model(**batch)
-            loss = distillation(outputs.logits, teacher_logits, labels, self.kd_temperature)
-            if self.objective == "kd+ce":
-                loss = loss + cross_entropy(outputs.logits, labels)
+        # The held-out loss is next-token CE, whatever the stage trains.
+        objective = self.objective if model.training else "ce"
+        loss, outputs = objective_loss(model, batch, labels, objective, self.kd_temperature,
+                                       unwrapped=self.accelerator.unwrap_model(model))
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"the {self.objective} loss became {loss.item()} at step {self.state.global_step}; training stopped "
