@@ -304,6 +304,46 @@ def loop_reference(q, k, v, window, scale, key_valid, sinks=0):
     return out
 
 
+def loop_log_sum_exp(q, k, window, scale, key_valid, sinks=0):
+    """[B, T, H]: log Σ_j exp(scale · q_i · k_j) over the keys `loop_reference` attends (very negative where none)."""
+    out = torch.full(q.shape[:3], torch.finfo(torch.float32).min)
+    past, group = k.shape[1] - q.shape[1], q.shape[2] // k.shape[2]
+    for b in range(q.shape[0]):
+        sink_keys = [j for j in range(k.shape[1]) if key_valid[b, j]][:sinks]
+        for i in range(q.shape[1]):
+            band = range(max(0, past + i - window + 1), past + i + 1)
+            keys = sorted({j for j in band if key_valid[b, j]} | {j for j in sink_keys if j <= past + i})
+            for h in range(q.shape[2]):
+                if keys:
+                    out[b, i, h] = (scale * k[b, keys, h // group] @ q[b, i, h]).logsumexp(0)
+    return out
+
+
+@pytest.mark.parametrize("length,past,window,sinks", [(1, 3, 4, 0), (3, 0, 4, 2), (11, 0, 4, 0), (11, 5, 4, 2)])
+@pytest.mark.parametrize("grad", [False, True])
+def test_sliding_window_log_sum_exp_matches_per_query_loop(length, past, window, sinks, grad):
+    """The log-sum-exp `combine="shared"` weighs the window by: from PyTorch's fused CPU kernel without gradients, from
+    the einsum form with them (and then its gradient equals the loop's); left-padded rows with no key give out 0."""
+    torch.manual_seed(11)
+    q, k, v, key_valid = swa_inputs(length, past, left_pad=past + 1)
+    found = gather_sinks(k, v, key_valid, sinks) if sinks else None
+    expected_out = loop_reference(q, k, v, window, 0.3, key_valid, sinks)
+    expected_lse = loop_log_sum_exp(q, k, window, 0.3, key_valid, sinks)
+    with torch.set_grad_enabled(grad):
+        q_in = q.clone().requires_grad_(grad)
+        out, lse = sliding_window_attention(q_in, k, v, window, 0.3, key_valid, sinks=found, with_lse=True)
+    assert_close_to(out, expected_out)
+    has_key = expected_lse > -1e30
+    assert not has_key.all()  # the left padding leaves some query of row 1 nothing to attend
+    torch.testing.assert_close(lse[has_key], expected_lse[has_key], atol=1e-5, rtol=1e-5)
+    assert (lse[~has_key] < -1e30).all()
+    if grad:
+        q_ref = q.clone().requires_grad_()
+        (grad_ref,) = torch.autograd.grad((loop_log_sum_exp(q_ref, k, window, 0.3, key_valid, sinks)[has_key]).sum(), q_ref)
+        (grad_fast,) = torch.autograd.grad(lse[has_key].sum(), q_in)
+        torch.testing.assert_close(grad_fast, grad_ref, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("length,past,window", [(9, 0, 4), (9, 3, 4), (6, 10, 3), (5, 0, 1)])
 def test_naive_sliding_window_matches_per_query_loop(length, past, window):
     torch.manual_seed(9)

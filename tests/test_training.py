@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 import liger_lm
 from liger_lm.compat import without_cache
 from liger_lm.training import NonFiniteLossError, TrainConfig, TrainConfigError, train
+from liger_lm.training import objectives
 from liger_lm.training.objectives import attention_transfer, converted_layers, distillation, teacher_mode
 from liger_lm.training.trainer import COMPLETE, last_complete_checkpoint
 
@@ -57,8 +58,11 @@ def test_teacher_mode_is_the_unconverted_model(family):
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 @pytest.mark.parametrize("masked", [False, True])
-def test_distillation_equals_a_per_position_kl_loop(temperature, masked):
-    """τ² Σ_t Σ_v p_t(v) (log p_t(v) − log q_t(v)) / #labelled, written out position by position; gradients too."""
+@pytest.mark.parametrize("chunk_rows", [3, 64])
+def test_distillation_equals_a_per_position_kl_loop(temperature, masked, chunk_rows, monkeypatch):
+    """τ² Σ_t Σ_v p_t(v) (log p_t(v) − log q_t(v)) / #labelled, written out position by position; gradients too,
+    whether the fused loss takes the rows in one chunk or in several."""
+    monkeypatch.setattr(objectives._ChunkedKL, "CHUNK_ROWS", chunk_rows)
     torch.manual_seed(0)
     student = torch.randn(2, 7, 11, requires_grad=True)
     teacher = torch.randn(2, 7, 11)
@@ -81,6 +85,47 @@ def test_distillation_equals_a_per_position_kl_loop(temperature, masked):
     (grad_fast,) = torch.autograd.grad(fast, student)
     (grad_naive,) = torch.autograd.grad(naive, student)
     torch.testing.assert_close(grad_fast, grad_naive)
+
+
+def test_distillation_of_bf16_logits_matches_fp32_and_returns_a_bf16_gradient():
+    """Under bf16 autocast the logits are bf16: the loss is computed in fp32 from them, the gradient comes back bf16."""
+    torch.manual_seed(0)
+    student, teacher = torch.randn(1, 9, 50).bfloat16().requires_grad_(), torch.randn(1, 9, 50).bfloat16()
+    labels = torch.randint(0, 50, (1, 9))
+    loss = distillation(student, teacher, labels)
+    reference_student = student.detach().float().requires_grad_()
+    reference = distillation(reference_student, teacher.float(), labels)
+    torch.testing.assert_close(loss, reference)
+    (grad,) = torch.autograd.grad(loss, student)
+    (grad_reference,) = torch.autograd.grad(reference, reference_student)
+    assert grad.dtype == torch.bfloat16
+    torch.testing.assert_close(grad.float(), grad_reference, atol=1e-3, rtol=1e-2)
+
+
+@pytest.mark.parametrize("objective", ["ce", "kd"])
+def test_right_padded_rows_are_cut_and_unmasked_without_changing_the_loss(objective):
+    """Packing pads the end of rows: the objective runs on the longest row's width without a mask, and its loss equals
+    the masked model's on the full padded batch (computed here directly, without the objective's own path)."""
+    torch.manual_seed(0)
+    model = liger_lm.convert(tiny_model("llama"), window=4, sinks=1)
+    ids = torch.randint(3, 97, (2, 24))
+    mask = torch.ones_like(ids)
+    mask[0, 15:], mask[1, 19:] = 0, 0
+    labels = ids.masked_fill(mask == 0, -100)
+    cut, cut_labels = objectives.without_right_padding({"input_ids": ids, "attention_mask": mask}, labels)
+    assert set(cut) == {"input_ids"} and cut["input_ids"].shape == (2, 19) and cut_labels.shape == (2, 19)
+    with torch.no_grad():
+        student = model(ids, attention_mask=mask).logits
+        if objective == "ce":
+            expected = objectives.cross_entropy(student, labels)
+        else:
+            with teacher_mode(model):
+                expected = distillation(student, model(ids, attention_mask=mask).logits, labels)
+        loss, _ = objectives.objective_loss(model, {"input_ids": ids, "attention_mask": mask}, labels, objective)
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    left = mask.flip(1)  # left padding changes positions: left as it is
+    same, _ = objectives.without_right_padding({"input_ids": ids, "attention_mask": left}, labels)
+    assert same["attention_mask"] is left and same["input_ids"] is ids
 
 
 def test_attention_transfer_matches_each_layer_to_softmax():

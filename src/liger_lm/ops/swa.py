@@ -83,20 +83,63 @@ def _attend(q, k, v, allowed, scale, with_lse: bool = False):
     """q [..., Tq, H, D], k/v [..., Sk, Hkv, D], allowed broadcastable to [..., Hkv, G, Tq, Sk] (None: every key).
 
     With `with_lse` also the log-sum-exp of each query's allowed scores [..., Tq, H] (fp32; a very negative finite
-    number where no key is allowed)."""
-    q_groups = q.float().unflatten(-2, (k.shape[-2], -1))
-    scores = torch.einsum("...thgd,...shd->...hgts", q_groups, k.float()) * scale
+    number where no key is allowed). Without gradients on a CPU this runs PyTorch's fused flash kernel
+    (`_flash_attend`); with them, the einsum form (`_einsum_attend`), whose log-sum-exp is differentiable (the
+    `combine="shared"` mixing trains through it)."""
+    if _flash_applies(q, k, v, allowed):
+        return _flash_attend(q, k, v, allowed, scale, with_lse)
+    return _einsum_attend(q, k, v, allowed, scale, with_lse)
+
+
+def _einsum_attend(q, k, v, allowed, scale, with_lse: bool = False):
+    """`_attend` in plain ops: softmax and log-sum-exp from one exponential, normalised on the output (D wide)
+    rather than on the scores (Sk wide): each pass over a [.., 128, 260] score block costs as much as a projection."""
+    q_groups = (q.float() * scale).unflatten(-2, (k.shape[-2], -1))
+    scores = torch.einsum("...thgd,...shd->...hgts", q_groups, k.float())
     if allowed is not None:
-        # A finite fill keeps rows with no allowed key NaN-free; multiplying by the mask zeroes them.
-        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    probs = scores.softmax(-1)
+        # A finite fill keeps rows with no allowed key NaN-free: their peak is this fill, and they are zeroed below.
+        scores = scores.masked_fill_(~allowed, torch.finfo(scores.dtype).min)
+    peak = scores.amax(-1, keepdim=True).detach()  # any constant per row gives the same softmax and log-sum-exp
+    weights = scores.sub_(peak).exp_()
+    total = weights.sum(-1, keepdim=True)
+    out = torch.einsum("...hgts,...shd->...hgtd", weights, v.float()) / total
     if allowed is not None:
-        probs = probs * allowed
-    out = torch.einsum("...hgts,...shd->...thgd", probs, v.float()).flatten(-3, -2).to(q.dtype)
+        out = out * (peak > torch.finfo(peak.dtype).min)
+    out = out.movedim(-2, -4).flatten(-3, -2).to(q.dtype)  # [..., Hkv, G, Tq, D] → [..., Tq, H, D]
     if not with_lse:
         return out
-    lse = scores.logsumexp(-1).movedim(-1, -3).flatten(-2, -1)  # [..., Hkv, G, Tq] → [..., Tq, H]
+    lse = (peak + total.log()).squeeze(-1).movedim(-1, -3).flatten(-2, -1)  # [..., Hkv, G, Tq] → [..., Tq, H]
     return out, lse
+
+
+_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _flash_applies(q, k, v, allowed) -> bool:
+    """PyTorch's CPU flash-attention kernel returns the log-sum-exp too, but not its gradient: use it where no
+    gradient is wanted (evaluation, generation), for masks shared by a query's heads."""
+    wants_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    shared_mask = allowed is None or allowed.shape[-4:-2] == (1, 1)
+    return _FLASH is not None and q.device.type == "cpu" and not wants_grad and shared_mask
+
+
+def _flash_attend(q, k, v, allowed, scale, with_lse: bool = False):
+    """`_attend` through `aten._scaled_dot_product_flash_attention_for_cpu` (fp32, keys repeated to the query heads,
+    the mask as an additive bias with a finite fill so a row with no allowed key stays finite; it is zeroed)."""
+    lead, (length, heads, dim), keys = q.shape[:-3], q.shape[-3:], k.shape[-3]
+    group = heads // k.shape[-2]
+    q_heads = q.float().reshape(-1, length, heads, dim).transpose(1, 2)
+    k_heads, v_heads = (x.float().reshape(-1, keys, x.shape[-2], dim).repeat_interleave(group, dim=2).transpose(1, 2)
+                        for x in (k, v))
+    bias = None
+    if allowed is not None:
+        mask = allowed.squeeze(-4).expand(*lead, 1, length, keys).reshape(-1, 1, length, keys)
+        bias = torch.zeros(mask.shape, dtype=torch.float32, device=q.device).masked_fill_(~mask, torch.finfo(torch.float32).min)
+    out, lse = _FLASH(q_heads, k_heads, v_heads, 0.0, False, attn_mask=bias, scale=scale)
+    if allowed is not None:
+        out = out * mask.any(-1, keepdim=True)
+    out = out.transpose(1, 2).reshape(*lead, length, heads, dim).to(q.dtype)
+    return (out, lse.transpose(1, 2).reshape(*lead, length, heads)) if with_lse else out
 
 
 def naive_sliding_window_attention(q, k, v, window, scale, key_valid=None, sinks=0, with_lse=False):
