@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -161,15 +162,30 @@ def test_run_report_flags_what_looks_broken():
     results = {
         "generations": [{"prompt": "Hi?", "base": "Hello.", "liger": "  "}, {"prompt": "Sea?", "base": "x", "liger": "y"}],
         "cache_bytes": {"liger": {128: 0, 1024: 7_000}},
-        "prose": {"ratio_to_base": {"liger": {"ratio": 2.4, "log_ratio_se": 0.1},
-                                    "liger_recurrent_off": {"ratio": 2.4, "log_ratio_se": 0.1}}},
+        "prose": {"ratio_to_base": {"liger": {"ratio": 2.4, "log_ratio_se": 0.1}},
+                  # zeroing costs 0.5 %, within two paired standard errors (0.4 %); past 1,024 tokens it even helps
+                  "recurrent_branch_zeroed": {"ratio": 1.005, "log_ratio_se": 0.004,
+                                              "by_position": {"0-64": 1.0, "64-1024": 1.01, "1024-4096": 0.998}}},
     }
     found = findings(results)
-    assert len(found) == 4
+    assert len(found) == 5
     assert "empty string" in found[0] and "'Hi?'" in found[0]
     assert "after 128 tokens holds 0 bytes" in found[1]
     assert "2.40× the base" in found[2]
     assert "does not use it" in found[3]
+    assert "1024-4096" in found[4] and "hurts" in found[4]
+    used = {"ratio": 1.005, "log_ratio_se": 0.002, "by_position": {"0-64": 1.0, "64-1024": 1.01, "1024-4096": 1.002}}
     healthy = {**results, "generations": results["generations"][1:], "cache_bytes": {"liger": {128: 7_000}},
-               "prose": {"ratio_to_base": {"liger": {"ratio": 1.2}, "liger_recurrent_off": {"ratio": 1.3}}}}
+               "prose": {"ratio_to_base": {"liger": {"ratio": 1.2}}, "recurrent_branch_zeroed": used}}
     assert findings(healthy) == []
+
+
+def test_branch_ablation_pairs_the_windows_of_the_zeroed_and_the_used_model():
+    from liger_lm.run import branch_ablation
+
+    used = {"window_nll": [3.0, 3.2, 2.8], "by_position": {"0-64": 40.0, "64-1024": 20.0}}
+    zeroed = {"window_nll": [3.1, 3.3, 2.9], "by_position": {"0-64": 40.0, "64-1024": 21.0}}
+    result = branch_ablation(zeroed, used)
+    assert result["ratio"] == pytest.approx(math.exp(0.1), abs=1e-4)
+    assert result["log_ratio_se"] == pytest.approx(0.0, abs=1e-6)  # the same +0.1 in every window: no spread
+    assert result["by_position"] == {"0-64": 1.0, "64-1024": 1.05}

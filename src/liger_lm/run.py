@@ -20,6 +20,7 @@ import copy
 import gc
 import json
 import logging
+import math
 import shutil
 import time
 from contextlib import contextmanager
@@ -273,6 +274,8 @@ class _Steps:
         ratios = {name: perplexity_ratio(result, values["base"]) for name, result in values.items() if name != "base"}
         prose = {"source": "Quoref Wikipedia passages (BIG-bench NI subtasks 001-002), never trained on",
                  **values, "ratio_to_base": ratios}
+        if "liger_recurrent_off" in values:
+            prose["recurrent_branch_zeroed"] = branch_ablation(values["liger_recurrent_off"], values["liger"])
         write_json_atomic(path, prose)
         return prose
 
@@ -320,9 +323,18 @@ def recurrent_branch_off(model: nn.Module) -> Iterator[None]:
             mixer.liger = config
 
 
+def branch_ablation(zeroed: dict[str, Any], used: dict[str, Any]) -> dict[str, Any]:
+    """What zeroing the recurrent branch does to the fine-tuned model's held-out perplexity: the ratio zeroed / used,
+    paired over the same windows with its standard error (`perplexity_ratio`), and the ratio in each position bucket
+    of the long windows."""
+    return {**perplexity_ratio(zeroed, used),
+            "by_position": {span: round(zeroed["by_position"][span] / value, 4)
+                            for span, value in used["by_position"].items()}}
+
+
 def findings(results: dict[str, Any]) -> list[str]:
     """What looks broken in a run, in words: empty answers, a cache that does not hold anything, a perplexity far
-    above the base model's, a recurrent branch that nothing depends on."""
+    above the base model's, a recurrent branch that nothing depends on or that hurts past the training length."""
     found = []
     for item in results["generations"]:
         if not item["liger"].strip():
@@ -330,12 +342,19 @@ def findings(results: dict[str, Any]) -> list[str]:
     for length, size in results["cache_bytes"]["liger"].items():
         if size <= 0:
             found.append(f"the Liger decode cache after {length} tokens holds 0 bytes")
-    ratios = results.get("prose", {}).get("ratio_to_base", {})
+    prose = results.get("prose", {})
+    ratios = prose.get("ratio_to_base", {})
     if ratios.get("liger", {}).get("ratio", 0) > 2:
         found.append(f"held-out perplexity is {ratios['liger']['ratio']:.2f}× the base model's (above 2×)")
-    if "liger_recurrent_off" in ratios:
-        on, off = ratios["liger"], ratios["liger_recurrent_off"]
-        if off["ratio"] <= on["ratio"] * 1.01:
-            found.append(f"zeroing the recurrent branch does not hurt (× base {on['ratio']} → {off['ratio']}): "
-                         "the trained model does not use it")
+    zeroed = prose.get("recurrent_branch_zeroed")
+    if zeroed:
+        # Used = zeroing it worsens perplexity by more than two paired standard errors.
+        if math.log(zeroed["ratio"]) <= 2 * zeroed["log_ratio_se"]:
+            found.append(f"zeroing the recurrent branch does not measurably hurt (perplexity × {zeroed['ratio']}, "
+                         f"± e^{zeroed['log_ratio_se']}): the trained model does not use it")
+        past = {span: ratio for span, ratio in zeroed["by_position"].items() if int(span.split("-")[0]) >= 1024}
+        for span, ratio in past.items():
+            if ratio < 1:
+                found.append(f"at positions {span} the model is better with its recurrent branch zeroed (perplexity "
+                             f"× {ratio}): past the training rows the branch hurts")
     return found

@@ -177,7 +177,17 @@ def _prose_section(prose: dict[str, Any]) -> list[str]:
         "",
         *markdown_table(header, rows),
         "",
+        *_ablation_lines(prose.get("recurrent_branch_zeroed")),
     ]
+
+
+def _ablation_lines(zeroed: dict[str, Any] | None) -> list[str]:
+    """One sentence: what zeroing the recurrent branch does (ratio zeroed / used, overall and by position)."""
+    if not zeroed:
+        return []
+    by_position = ", ".join(f"{span} × {ratio:.4f}" for span, ratio in zeroed["by_position"].items())
+    return [f"Recurrent branch zeroed / used, same windows: perplexity × {zeroed['ratio']:.4f} "
+            f"(× e^±{zeroed['log_ratio_se']:.4f}); by position {by_position}. Above 1: the branch helps.", ""]
 
 
 def _standard_errors(scores: dict[str, dict[str, dict]], metric: str) -> str:
