@@ -134,6 +134,24 @@ def test_batched_loglikelihoods_equal_one_by_one(family, converted):
     assert [ll for ll, _ in batched] == pytest.approx([ll for ll, _ in alone], rel=1e-5, abs=1e-5)
 
 
+@pytest.mark.parametrize("converted", [False, True], ids=["base", "liger"])
+def test_shared_context_scores_equal_the_separate_forwards(family, converted):
+    """Contexts read once (of equal and of different lengths, with one- and many-token continuations, through the
+    decode cache, past the Liger window and its sinks) give each request's separate-forward score and greedy flag."""
+    model = tiny_model(family)
+    if converted:
+        model = liger_lm.convert(model, window=4, sinks=1)
+    tokenizer = tiny_tokenizer()
+    requests = [(example.query, " " + choice) for example in EXAMPLES for choice in example.choices]
+    requests += [(words(70, 71, 72), " w8"), (words(20, 21, 22, 23, 24, 25, 26), " " + words(3, 4, 5, 6))]
+    shared = loglikelihoods(model, tokenizer, requests, batch_size=2, progress=False)
+    separate = loglikelihoods(model, tokenizer, requests, batch_size=1, progress=False, share_context=False)
+    assert [greedy for _, greedy in shared] == [greedy for _, greedy in separate]
+    assert [ll for ll, _ in shared] == pytest.approx([ll for ll, _ in separate], rel=1e-5, abs=1e-5)
+    for (context, continuation), (ll, _) in zip(requests[:3], shared):  # and a hand-computed forward
+        assert ll == pytest.approx(reference_loglikelihood(model, tokenizer, context, continuation)[0], rel=1e-5)
+
+
 def test_too_long_requests_are_truncated_from_the_left_like_lm_eval():
     model = tiny_model("qwen2")
     context, continuation = [wid(n) for n in range(10, 30)], [wid(40), wid(41)]

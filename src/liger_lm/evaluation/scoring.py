@@ -13,7 +13,9 @@ import math
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..compat import with_cache
 
 from ..data.multiple_choice import MultipleChoiceExample
 from ..errors import EvaluationError
@@ -87,11 +89,16 @@ def loglikelihood_tokens(
     batch_size: int = 16,
     progress: bool = True,
     max_length: int | None = None,
+    share_context: bool = True,
 ) -> list[tuple[float, bool]]:
     """(Σ log p(continuation tokens | context), continuation == greedy argmax) per (context ids, continuation ids).
 
     As lm-eval: the model sees (context + continuation)[-(max_length + 1):][:-1] and the last len(continuation)
     positions are scored. Requests run longest first in batches (order restored on return).
+
+    With `share_context` (the default), requests with the same context that fit untruncated read the context once:
+    `_score_shared_contexts`. The scores are those of the separate forwards (the same positions see the same
+    tokens), in about 2.5× fewer tokens for multiple-choice tasks whose choices share the question.
 
     Batches are RIGHT-padded with no attention mask, like lm-eval's HFLM: in a causal model (softmax or Liger
     recurrence alike) the logits at position t depend only on tokens ≤ t, so pads placed after the last scored
@@ -100,15 +107,64 @@ def loglikelihood_tokens(
     """
     check_batch_size(batch_size)
     max_length = max_length or _max_length(model)
-    order = sorted(range(len(requests)), key=lambda i: -(len(requests[i][0]) + len(requests[i][1])))
     results: list[tuple[float, bool] | None] = [None] * len(requests)
+    fits = [len(context) + len(continuation) <= max_length + 1 for context, continuation in requests]
+    alone = [i for i in range(len(requests)) if not (share_context and fits[i])]
     with tqdm(total=len(requests), disable=not progress, desc="log-likelihoods") as bar:
+        if share_context:
+            _score_shared_contexts(model, requests, [i for i in range(len(requests)) if fits[i]], batch_size,
+                                   results, bar)
+        order = sorted(alone, key=lambda i: -(len(requests[i][0]) + len(requests[i][1])))
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             for index, answer in zip(batch, _score_batch(model, [requests[i] for i in batch], max_length)):
                 results[index] = answer
             bar.update(len(batch))
     return results  # type: ignore[return-value]
+
+
+def _score_shared_contexts(model, requests, indices: list[int], batch_size: int, results: list, bar) -> None:
+    """Score requests[i] for i in `indices` (untruncated) into results[i], each distinct context read once.
+
+    Contexts of one length run together, `batch_size` at a time (no padding, so no mask and the same positions as
+    alone), keeping the decode cache; the logits at their last position score each continuation's first token.
+    The cache is then repeated to one row per request (`Cache.reorder_cache`, which Liger's cache implements too)
+    and the continuations minus their last token run on it, right-padded (a pad changes no logit before it).
+    """
+    by_context: dict[tuple[int, ...], list[int]] = {}
+    for i in indices:
+        by_context.setdefault(tuple(requests[i][0]), []).append(i)
+    by_length: dict[int, list[tuple[int, ...]]] = {}
+    for context in by_context:
+        by_length.setdefault(len(context), []).append(context)
+    for length in sorted(by_length, reverse=True):
+        contexts = by_length[length]
+        for start in range(0, len(contexts), batch_size):
+            batch = contexts[start : start + batch_size]
+            members = [(row, i) for row, context in enumerate(batch) for i in by_context[context]]
+            continuations = [requests[i][1] for _, i in members]
+            scored = _continuation_logprobs(model, batch, [row for row, _ in members], continuations)
+            for (_, i), logprobs, continuation in zip(members, scored, continuations):
+                targets = torch.tensor(continuation, device=logprobs.device)
+                total = logprobs.gather(-1, targets[:, None]).sum().item()
+                results[i] = (total, bool((logprobs.argmax(-1) == targets).all()))
+            bar.update(len(members))
+
+
+def _continuation_logprobs(model, contexts, rows: list[int], continuations: list[list[int]]) -> list[torch.Tensor]:
+    """log-softmax [len(continuation), V] (fp32) of each continuation after contexts[rows[r]] (equal lengths)."""
+    cache = DynamicCache(config=model.config)
+    ids = torch.tensor(contexts, dtype=torch.long, device=model.device)
+    last = model(ids, **with_cache(cache), use_cache=True, logits_to_keep=1).logits[:, -1]  # [C, V]
+    first = F.log_softmax(last.float(), dim=-1).index_select(0, torch.tensor(rows, device=last.device))
+    width = max(len(continuation) for continuation in continuations) - 1
+    if width == 0:
+        return [first[r, None] for r in range(len(rows))]
+    cache.reorder_cache(torch.tensor(rows, device=model.device))
+    rest = right_padded([continuation[:-1] for continuation in continuations], pad_id=0, device=model.device)
+    logits = model(rest, **with_cache(cache), use_cache=True).logits  # [R, width, V]
+    return [torch.cat([first[r, None], F.log_softmax(logits[r, : len(c) - 1].float(), dim=-1)])
+            for r, c in enumerate(continuations)]
 
 
 def _score_batch(
@@ -138,10 +194,11 @@ def loglikelihoods(
     requests: list[tuple[str, str]],
     batch_size: int = 16,
     progress: bool = True,
+    share_context: bool = True,
 ) -> list[tuple[float, bool]]:
     """lm-eval's `loglikelihood` for (context, continuation) strings: [(log-likelihood, is_greedy), ...]."""
     encoded = [encode_request(tokenizer, context, continuation) for context, continuation in requests]
-    return loglikelihood_tokens(model, encoded, batch_size=batch_size, progress=progress)
+    return loglikelihood_tokens(model, encoded, batch_size=batch_size, progress=progress, share_context=share_context)
 
 
 def _first_argmax(values: list[float]) -> int:
