@@ -320,11 +320,19 @@ def test_staged_attention_transfer_then_distillation_and_resume(instruction_file
     # Stage 2 trains on the records after those stage 1 used, none of them held out.
     first, second = (s["data"]["train"]["records"] for s in full.results["stages"])
     assert first > 0 and second > 0
+    # Stage 2 starts from stage 1's final weights: its first held-out loss is stage 1's last, carried over, not rerun.
+    evaluations = {stage: [r for r in records if r["stage"] == stage and "eval_loss" in r] for stage in ("1-attn", "2-kd")}
+    assert evaluations["2-kd"][0]["carried_from"] == "1-attn" and evaluations["2-kd"][0]["step"] == 0
+    assert evaluations["2-kd"][0]["eval_loss"] == evaluations["1-attn"][-1]["eval_loss"]
+    assert all("carried_from" not in r for r in evaluations["1-attn"] + evaluations["2-kd"][1:])
+    assert full.results["stages"][1]["eval_loss_before"] == full.results["stages"][0]["eval_loss_after"]
 
     train(converted(), tiny_tokenizer(), config, tmp_path / "split", callbacks=[StopInStage("2-kd", 4)])
     resumed = train(converted(), tiny_tokenizer(), config, tmp_path / "split", resume=True)
     assert resumed.results["stages"][0]["skipped"] == "finished in an earlier run"
     assert resumed.results["stages"][1]["resumed_from"].endswith("checkpoint-4")
+    split_records = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r.get("carried_from") == "1-attn" for r in split_records) == 1  # kept once across the resume
     lora = lambda model: [(n, p) for n, p in model.named_parameters() if "lora_" in n]  # noqa: E731
     for (name, a), (_, b) in zip(lora(full.model), lora(resumed.model)):
         assert torch.allclose(a, b, atol=1e-5), name

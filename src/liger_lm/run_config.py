@@ -44,7 +44,7 @@ class Budget:
 # (20 M tokens of 8 × 1024, answers only); "tiny" is a smoke test.
 BUDGETS = {
     "tiny": Budget(train_tokens=512, seq_len=64, grad_accum=2, eval_records=4, eval_examples=8, prose_tokens=0),
-    "default": Budget(train_tokens=131_072, seq_len=1024, grad_accum=1, eval_records=16, eval_examples=200,
+    "default": Budget(train_tokens=114_688, seq_len=1024, grad_accum=1, eval_records=16, eval_examples=200,
                       prompt_loss=True),
     "long": Budget(train_tokens=1_310_720, seq_len=1024, grad_accum=1, eval_records=64, eval_examples=200,
                    prompt_loss=True),

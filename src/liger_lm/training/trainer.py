@@ -121,7 +121,8 @@ def train(
         for index, ((name, stage), data) in enumerate(zip(plan, stage_data)):
             # A resumed run skips the stages an earlier run finished (the last one resumes from its checkpoint).
             last = index == len(plan) - 1
-            model, summary = _run_stage(model, data, stage, work, name, resume, callbacks, processes, last)
+            previous = plan[index - 1][0] if index else None
+            model, summary = _run_stage(model, data, stage, work, name, resume, callbacks, processes, last, previous)
             history.append({"stage": name, "objective": stage.objective, **summary})
         results = _finish(model, tokenizer, config, work, base_path, history, started, processes)
         if config.merge:
@@ -217,8 +218,11 @@ def _finished_run(model: PreTrainedModel, folder: Path) -> TrainResult:
     return TrainResult(model=model, results=results, finished_earlier=True)
 
 
-def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: bool, callbacks, processes, last: bool):
-    """Train one stage on `data` (from `training_data`); returns the (maybe peft-wrapped) model and a loss summary."""
+def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: bool, callbacks, processes, last: bool,
+               previous: str | None = None):
+    """Train one stage on `data` (from `training_data`); returns the (maybe peft-wrapped) model and a loss summary.
+    `previous`: the stage before it, whose last held-out evaluation is this stage's first (the same weights and
+    held-out records), carried over instead of evaluated again."""
     set_seed(config.seed)
     model = trainable(model, config)
     finished = out / f"{name}.safetensors"  # what a stage before the last trained, written when it finished
@@ -231,6 +235,8 @@ def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: b
     processes.wait_for_everyone()  # all processes chose start_from before process 0 changes the folder
     if processes.is_main_process:
         MetricsLog.truncate(out / "metrics.jsonl", name, step=_step_of(start_from) if start_from else 0)
+        if start_from is None and previous is not None:
+            MetricsLog.carry_over(out / "metrics.jsonl", previous, name)
         _remove_incomplete(checkpoints)
         for checkpoint in damaged:
             shutil.rmtree(checkpoint)
@@ -238,7 +244,7 @@ def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: b
     # The held-out loss before training, logged at step 0: by the Trainer (eval_on_start), not a trainer.evaluate()
     # before trainer.train(): that marks the model as prepared by accelerate, so train() would no longer wrap it in
     # DistributedDataParallel and the processes of a multi-process run would train apart, unsynchronised.
-    eval_first = start_from is None and len(eval_set) > 0
+    eval_first = start_from is None and len(eval_set) > 0 and previous is None
     trainer = RecoveryTrainer(
         model=model,
         args=_training_arguments(config, checkpoints, len(eval_set) > 0, processes.num_processes, eval_first),
@@ -333,7 +339,7 @@ def _training_arguments(
         use_cpu=resolve_device().type == "cpu",
         eval_strategy="steps" if has_eval else "no",
         eval_on_start=eval_first,
-        eval_steps=config.eval_every or max(1, steps // 4),
+        eval_steps=config.eval_every or max(1, math.ceil(steps / 3)),  # and at the end (`_run_stage`)
         save_strategy="steps",
         save_steps=config.save_every or max(1, steps // 10),
         save_total_limit=2,
@@ -432,6 +438,15 @@ class MetricsLog(TrainerCallback):
     @classmethod
     def last_eval(cls, path: Path, stage: str) -> dict | None:
         return next(reversed(cls.evaluations(path, stage)), None)
+
+    @classmethod
+    def carry_over(cls, path: Path, previous: str, stage: str) -> None:
+        """Log the last evaluation of `previous` again as `stage`'s evaluation at step 0 (marked `carried_from`)."""
+        last = cls.last_eval(path, previous)
+        if last is not None:
+            record = {**last, "stage": stage, "step": 0, "tokens": 0, "carried_from": previous}
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
 
     @staticmethod
     def truncate(path: Path, stage: str, step: int) -> None:
