@@ -287,10 +287,9 @@ def test_sliding_window_fully_masked_queries_give_zero(fn, length):
     assert (out[1, 6:].abs().sum(-1) > 0).all()
 
 
-def loop_reference(q, k, v, window, scale, key_valid, sinks=0):
-    """Per-query loop over the allowed keys P + i − w < j <= P + i, plus the first `sinks` valid keys j <= P + i;
-    0 when none is valid."""
-    out = torch.zeros_like(q)
+def allowed_keys(q, k, window, key_valid, sinks=0):
+    """(b, i, h, kv head, allowed key positions) per query and head: P + i − w < j <= P + i, plus the first `sinks`
+    valid keys j <= P + i, valid keys only."""
     past, group = k.shape[1] - q.shape[1], q.shape[2] // k.shape[2]
     for b in range(q.shape[0]):
         sink_keys = [j for j in range(k.shape[1]) if key_valid[b, j]][:sinks]
@@ -298,24 +297,25 @@ def loop_reference(q, k, v, window, scale, key_valid, sinks=0):
             band = range(max(0, past + i - window + 1), past + i + 1)
             keys = sorted({j for j in band if key_valid[b, j]} | {j for j in sink_keys if j <= past + i})
             for h in range(q.shape[2]):
-                if keys:
-                    weights = (scale * k[b, keys, h // group] @ q[b, i, h]).softmax(0)
-                    out[b, i, h] = weights @ v[b, keys, h // group]
+                yield b, i, h, h // group, keys
+
+
+def loop_reference(q, k, v, window, scale, key_valid, sinks=0):
+    """Per-query loop over `allowed_keys`; 0 when none is valid."""
+    out = torch.zeros_like(q)
+    for b, i, h, kv, keys in allowed_keys(q, k, window, key_valid, sinks):
+        if keys:
+            weights = (scale * k[b, keys, kv] @ q[b, i, h]).softmax(0)
+            out[b, i, h] = weights @ v[b, keys, kv]
     return out
 
 
 def loop_log_sum_exp(q, k, window, scale, key_valid, sinks=0):
-    """[B, T, H]: log Σ_j exp(scale · q_i · k_j) over the keys `loop_reference` attends (very negative where none)."""
+    """[B, T, H]: log Σ_j exp(scale · q_i · k_j) over `allowed_keys` (very negative where there is none)."""
     out = torch.full(q.shape[:3], torch.finfo(torch.float32).min)
-    past, group = k.shape[1] - q.shape[1], q.shape[2] // k.shape[2]
-    for b in range(q.shape[0]):
-        sink_keys = [j for j in range(k.shape[1]) if key_valid[b, j]][:sinks]
-        for i in range(q.shape[1]):
-            band = range(max(0, past + i - window + 1), past + i + 1)
-            keys = sorted({j for j in band if key_valid[b, j]} | {j for j in sink_keys if j <= past + i})
-            for h in range(q.shape[2]):
-                if keys:
-                    out[b, i, h] = (scale * k[b, keys, h // group] @ q[b, i, h]).logsumexp(0)
+    for b, i, h, kv, keys in allowed_keys(q, k, window, key_valid, sinks):
+        if keys:
+            out[b, i, h] = (scale * k[b, keys, kv] @ q[b, i, h]).logsumexp(0)
     return out
 
 
