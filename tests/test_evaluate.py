@@ -134,13 +134,15 @@ def test_batched_loglikelihoods_equal_one_by_one(family, converted):
     assert [ll for ll, _ in batched] == pytest.approx([ll for ll, _ in alone], rel=1e-5, abs=1e-5)
 
 
-@pytest.mark.parametrize("converted", [False, True], ids=["base", "liger"])
-def test_shared_context_scores_equal_the_separate_forwards(family, converted):
+@pytest.mark.parametrize("method", [None, "liger", "lolcats"], ids=["base", "liger", "lolcats"])
+def test_shared_context_scores_equal_the_separate_forwards(family, method):
     """Contexts read once (of equal and of different lengths, with one- and many-token continuations, through the
     decode cache, past the Liger window and its sinks) give each request's separate-forward score and greedy flag."""
     model = tiny_model(family)
-    if converted:
+    if method == "liger":
         model = liger_lm.convert(model, window=4, sinks=1)
+    elif method == "lolcats":
+        model = liger_lm.convert(model, method="lolcats", window=4)
     tokenizer = tiny_tokenizer()
     requests = [(example.query, " " + choice) for example in EXAMPLES for choice in example.choices]
     requests += [(words(70, 71, 72), " w8"), (words(20, 21, 22, 23, 24, 25, 26), " " + words(3, 4, 5, 6))]

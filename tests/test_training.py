@@ -321,7 +321,8 @@ def test_staged_attention_transfer_then_distillation_and_resume(instruction_file
     first, second = (s["data"]["train"]["records"] for s in full.results["stages"])
     assert first > 0 and second > 0
     # Stage 2 starts from stage 1's final weights: its first held-out loss is stage 1's last, carried over, not rerun.
-    evaluations = {stage: [r for r in records if r["stage"] == stage and "eval_loss" in r] for stage in ("1-attn", "2-kd")}
+    evaluations = {stage: [r for r in records if r["stage"] == stage and "eval_loss" in r]
+                   for stage in ("1-attn", "2-kd")}
     assert evaluations["2-kd"][0]["carried_from"] == "1-attn" and evaluations["2-kd"][0]["step"] == 0
     assert evaluations["2-kd"][0]["eval_loss"] == evaluations["1-attn"][-1]["eval_loss"]
     assert all("carried_from" not in r for r in evaluations["1-attn"] + evaluations["2-kd"][1:])

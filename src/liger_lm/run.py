@@ -47,6 +47,7 @@ from .evaluation import (
     recovery,
     render_report,
 )
+from .evaluation.perplexity import POSITION_BUCKETS
 from .modeling.attention import LinearizedAttention
 from .generation import generate_text
 from .hardware import environment
@@ -352,7 +353,8 @@ def findings(results: dict[str, Any]) -> list[str]:
         if math.log(zeroed["ratio"]) <= 2 * zeroed["log_ratio_se"]:
             found.append(f"zeroing the recurrent branch does not measurably hurt (perplexity × {zeroed['ratio']}, "
                          f"± e^{zeroed['log_ratio_se']}): the trained model does not use it")
-        past = {span: ratio for span, ratio in zeroed["by_position"].items() if int(span.split("-")[0]) >= 1024}
+        past = {span: ratio for span, ratio in zeroed["by_position"].items()
+                if int(span.split("-")[0]) >= POSITION_BUCKETS[-1]}
         for span, ratio in past.items():
             if ratio < 1:
                 found.append(f"at positions {span} the model is better with its recurrent branch zeroed (perplexity "

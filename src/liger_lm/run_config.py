@@ -35,7 +35,7 @@ class Budget:
                            precision=precision).replace(**recipe)
 
 
-# "default" fits `make run` in about 20 minutes on a 2-core CPU with the default model (README has the timing): 128
+# "default" fits `make run` in about 20 minutes on a 2-core CPU with the default model (README has the timing): 112
 # optimizer steps of 1,024 tokens (RADLADS: the number of steps matters more than the batch; rows of 1,024 rather
 # than 512 keep the recurrent branch helpful past 1K tokens, measured in the README), then the multiple-choice
 # suite at 200 examples per task (standard error ≤ 3.5 points) and 16K tokens of held-out prose. It also trains on

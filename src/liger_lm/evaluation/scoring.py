@@ -16,7 +16,6 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..compat import with_cache
-
 from ..data.multiple_choice import MultipleChoiceExample
 from ..errors import EvaluationError
 

@@ -134,7 +134,8 @@ def _flash_attend(q, k, v, allowed, scale, with_lse: bool = False):
     bias = None
     if allowed is not None:
         mask = allowed.squeeze(-4).expand(*lead, 1, length, keys).reshape(-1, 1, length, keys)
-        bias = torch.zeros(mask.shape, dtype=torch.float32, device=q.device).masked_fill_(~mask, torch.finfo(torch.float32).min)
+        bias = torch.zeros(mask.shape, dtype=torch.float32, device=q.device)
+        bias.masked_fill_(~mask, torch.finfo(torch.float32).min)
     out, lse = _FLASH(q_heads, k_heads, v_heads, 0.0, False, attn_mask=bias, scale=scale)
     if allowed is not None:
         out = out * mask.any(-1, keepdim=True)

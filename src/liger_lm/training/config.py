@@ -69,7 +69,8 @@ class TrainConfig:
     prompt_loss: bool = field(default=False, metadata={
         "help": "Also train on prompt tokens (the paper: responses only; the held-out loss always is)."})
     eval_every: int | None = field(default=None, metadata={
-        "help": "Optimizer steps between held-out evaluations (default: a third of a stage; also at its start and end).", "min": 1})
+        "help": "Optimizer steps between held-out evaluations (default: a third of a stage; also at its start and "
+                "end).", "min": 1})
     save_every: int | None = field(default=None, metadata={
         "help": "Optimizer steps between checkpoints (default: about 10 per run).", "min": 1})
     log_every: int = field(default=1, metadata={"help": "Optimizer steps between log lines.", "min": 1})
