@@ -1,9 +1,10 @@
 """Where a Liger decode step spends its time (README, Speed and memory): ms per token and the top ops.
 
 Usage: python scripts/profile_decode.py [--lengths 1024,8192] [--steps 10] [--preset shared]
-Default model converted with a preset's settings (the default preset unless `--preset`), batch 1, fp32, inside `liger_lm.decode_layout` (as `liger
-generate` and `liger bench` decode); each length is a real prefill, then timed single-token steps; the
-torch.profiler table is for 3 steps at the last length.
+Default model converted with a preset's settings (the default preset unless `--preset`), batch 1, fp32, inside
+`liger_lm.decode_layout` (as `liger generate` and `liger bench` decode); each length is a real prefill, then timed
+single-token steps; the torch.profiler table is for 3 steps at the last length. Last, the operators one attention
+layer dispatches in a decode step (counted with a `TorchDispatchMode`: the same on every machine).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import DynamicCache
 
 import liger_lm
@@ -52,6 +54,34 @@ def profile_decode(model, lengths: list[int], steps: int, rows: int) -> None:
         for _ in range(3):
             model(step, **with_cache(cache), use_cache=True)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+    print(f"operators dispatched by one attention layer in a decode step: {layer_operators(model, cache, step)}")
+
+
+class _OperatorCount(TorchDispatchMode):
+    """Counts the aten operators dispatched while `counting` is on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counting, self.count = False, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += self.counting
+        return func(*args, **(kwargs or {}))
+
+
+def layer_operators(model, cache, step) -> int:
+    """Operators dispatched inside the middle layer's attention module during one decode step."""
+    attention = model.model.layers[len(model.model.layers) // 2].self_attn
+    counter = _OperatorCount()
+    hooks = [attention.register_forward_pre_hook(lambda *_: setattr(counter, "counting", True)),
+             attention.register_forward_hook(lambda *_: setattr(counter, "counting", False))]
+    try:
+        with counter:
+            model(step, **with_cache(cache), use_cache=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return counter.count
 
 
 if __name__ == "__main__":

@@ -81,6 +81,36 @@ def test_shared_prefill_then_decode_and_left_padding(gate, sinks):
         torch.testing.assert_close(batch[i, -len(row):], model(row[None]).logits[0], rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("sinks", [0, 2])
+@torch.no_grad()
+def test_steady_decode_step_equals_the_general_path(family, sinks, monkeypatch):
+    """`shared_decode_step` (a full window buffer, one token) against the general blocked path on the same decode of
+    a left-padded batch: padding inside the buffer, leaving it, and among the sinks' rows."""
+    from transformers import DynamicCache
+
+    from liger_lm.compat import with_cache
+    from liger_lm.modeling import mixer as mixer_module
+
+    model = liger_lm.convert(tiny_model(family), window=4, sinks=sinks, combine="shared", rec_logit_init=1.5)
+    padded, mask = left_pad([token_ids(1, 23, seed=4)[0], token_ids(1, 12, seed=5)[0]])
+
+    def decode() -> torch.Tensor:
+        cache, prefill = DynamicCache(config=model.config), 3
+        steps = [model(padded[:, :prefill], attention_mask=mask[:, :prefill], **with_cache(cache)).logits]
+        for t in range(prefill, padded.shape[1]):
+            steps.append(model(padded[:, t : t + 1], attention_mask=mask[:, : t + 1], **with_cache(cache)).logits)
+        return torch.cat(steps, dim=1)[mask.bool()]
+
+    calls = []
+    fused = mixer_module.shared_decode_step
+    monkeypatch.setattr(mixer_module, "shared_decode_step", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    fast = decode()
+    assert len(calls) >= 5 * model.config.num_hidden_layers  # the steps after the buffer filled and the sinks were stored
+    monkeypatch.setattr(mixer_module.LigerAttention, "_steady_decode", lambda *args: False)
+    torch.testing.assert_close(fast, decode(), rtol=0, atol=1e-5)
+
+
 @torch.no_grad()
 def test_shared_starts_as_the_window_and_rec_weight_zero_turns_it_off():
     base, ids = tiny_model("llama"), token_ids()

@@ -60,6 +60,9 @@ class Gate:
     decay: str  # the decay a_t, for docs and `liger convert --help`
     state_size: str  # recurrent state per head
     run: Callable[..., tuple[torch.Tensor, State]]
+    # Gates that write φ(k)ᵀ v under a per-key-dim decay give it here, log a = key_log_decay(g, config) [B, H, D]:
+    # `modeling.mixer.shared_decode_step` then runs their decode step in a few fused ops.
+    key_log_decay: Callable[[torch.Tensor, LigerConfig], torch.Tensor] | None = None
 
 
 def _pool(g: torch.Tensor, size: int) -> torch.Tensor:
@@ -99,14 +102,14 @@ def _linear(q_feat, write_key, v, log_decay, keep, state: State | None, config: 
     return (_divide_by_last(o) if normalize else o), (final,)
 
 
-def _per_dim(log_decay_fn):
+def _per_dim(name: str, description: str, decay: str, log_decay_fn) -> Gate:
     """Gate with a per-key-dim decay and write φ(k)ᵀ v."""
 
     def run(q, k, v, g, keep, state, config):
         q_feat, k_feat = _phi(q, config), _phi(k, config)
         return _linear(q_feat, k_feat, v, log_decay_fn(g, config), keep, state, config, config.normalize)
 
-    return run
+    return Gate(name, description, decay, "D×D", run, key_log_decay=log_decay_fn)
 
 
 def _scalar(log_decay_fn):
@@ -168,8 +171,8 @@ def _gsa(q, k, v, g, keep, state, config):
 GATES: dict[str, Gate] = {
     gate.name: gate
     for gate in (
-        Gate("gla", "Gated Linear Attention (paper default)", "exp(L(g)/τ) per key dim", "D×D",
-             _per_dim(lambda g, c: F.logsigmoid(g) / c.gate_normalizer)),
+        _per_dim("gla", "Gated Linear Attention (paper default)", "exp(L(g)/τ) per key dim",
+                 lambda g, c: F.logsigmoid(g) / c.gate_normalizer),
         Gate("hgrn2", "HGRN2: forget gate tied to the input", "γ + (1−γ)σ(g) per key dim, write 1−a", "D×D", _hgrn2),
         Gate("gsa", "Gated Slot Attention: two-pass slot memory", "σ(Pool_{D→M}(g))^(1/τ) per slot", "2·M×D", _gsa),
         Gate("mamba2", "Mamba2: scalar decay per head", "exp(−softplus(Pool_{D→1}(g)))", "D×D",
@@ -179,6 +182,6 @@ GATES: dict[str, Gate] = {
         Gate("retnet", "Gated RetNet: scalar decay per head", "σ(Pool_{D→1}(g))^(1/τ)", "D×D",
              _scalar(lambda g, c: F.logsigmoid(g) / c.gate_normalizer)),
         Gate("rwkv6", "RWKV6: data-dependent decay, bonus u = 1", "exp(−exp(g)) per key dim", "D×D", _rwkv6),
-        Gate("none", "pure linear attention, no decay", "1", "D×D", _per_dim(lambda g, c: torch.zeros_like(g))),
+        _per_dim("none", "pure linear attention, no decay", "1", lambda g, c: torch.zeros_like(g)),
     )
 }

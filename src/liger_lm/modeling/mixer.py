@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import sliding_window_attention
-from ..ops.swa import gather_sinks, sink_mask
+from ..ops.swa import Sinks, gather_sinks, sink_mask
 from .adapters import ArchitectureAdapter
 from .attention import LinearizedAttention
 from .cache import LigerCacheLayer
-from .gates import GATES, with_ones_column
+from .gates import FEATURE_MAPS, GATES, MIN_LOG_DECAY, NORMALISER_FLOOR, with_ones_column
 
 if TYPE_CHECKING:  # the settings import the method registry (`modeling.methods`)
     from ..config import LigerConfig
@@ -104,14 +104,31 @@ class LigerAttention(LinearizedAttention):
 
     def _shared(self, q, k, v, valid, position_embeddings, cache: LigerCacheLayer | None):
         """`combine="shared"` (module docstring): window and recurrent branch under one softmax normaliser."""
+        if self._steady_decode(q, valid, cache):
+            return self._shared_decode(q, k, v, position_embeddings, cache)
         (o_swa, lse), stream = self._sliding_window(q, k, v, valid, position_embeddings, cache, with_lse=True)
         raw_keys = k if cache is None or cache.raw_keys is None else torch.cat([cache.raw_keys, k], dim=1)
         numerator, normaliser, state = self._left_the_window(q, raw_keys, stream, cache)
-        offset = lse - self.rec_logit()  # [B, T, H]
-        window_share = torch.sigmoid(offset - torch.log(normaliser.clamp(min=1e-30)))
-        # A query with nothing to attend (left padding) has an empty denominator: its output is 0, not NaN.
-        out = window_share[..., None] * o_swa.float() + numerator / (normaliser + offset.exp()).clamp(min=1e-30)[..., None]
-        return out, state, (*stream, raw_keys)
+        return _shared_output(o_swa, lse, numerator, normaliser, self.rec_logit()), state, (*stream, raw_keys)
+
+    def _steady_decode(self, q, valid, cache: LigerCacheLayer | None) -> bool:
+        """Whether this call is a decode step `shared_decode_step` computes: one real token, a full window buffer
+        with a state behind it, every sink stored, and a gate that declares its per-key-dim decay."""
+        return (cache is not None and q.shape[1] == 1 and valid is None and cache.state is not None
+                and cache.raw_keys is not None and self.liger.window > 1
+                and cache.keys.shape[1] == self.liger.window - 1 and not self._stream_may_hold_sinks(cache)
+                and GATES[self.liger.gate].key_log_decay is not None)
+
+    def _shared_decode(self, q, k, v, position_embeddings, cache: LigerCacheLayer):
+        """`_shared` for a steady decode step (`_steady_decode`): the window stream the cache keeps, and the step
+        in a few fused ops instead of the general blocked forms (a decode step is bound by op dispatch)."""
+        q_rope, k_rope = self._rope(q, k, position_embeddings)
+        stream = (torch.cat([cache.keys, k_rope], dim=1), torch.cat([cache.values, v], dim=1),
+                  torch.cat([cache.key_valid, cache.key_valid.new_ones(q.shape[0], 1)], dim=1),
+                  torch.cat([cache.raw_keys, k], dim=1))
+        out, state = shared_decode_step(q, q_rope, *stream, cache.sinks, cache.state[0], self.rec_logit(),
+                                        self.scaling, self.liger)
+        return out, (state,), stream
 
     def _unnormalised(self) -> LigerConfig:
         """The settings with `normalize` off (the shared form divides by Z itself), made once per settings object."""
@@ -150,6 +167,57 @@ class LigerAttention(LinearizedAttention):
                                                 self._unnormalised())
         out = F.pad(out[:, start : start + count], (0, 0, 0, 0, skip, 0))  # queries with nothing old: 0
         return out[..., :-1], out[..., -1], state
+
+
+def shared_decode_step(q, q_rope, keys, values, key_valid, raw_keys, sinks: Sinks | None, state, omega, scale: float,
+                       config: LigerConfig):
+    """One decode step of `combine="shared"` once the window buffer is full (the general form: `LigerAttention._shared`):
+
+        o = σ(lse − ω − log Z) · o^swa + N / (Z + e^{lse − ω})
+        o^swa, lse = softmax attention of RoPE(q) over the valid stream keys and stored sinks (all inside the window)
+        [N | Z] = φ(q) [S | z]                  the state before this step: the tokens that left the window
+        [S | z] ← diag(a) [S | z] + φ(k₀)ᵀ [v₀, 1],  a = exp(gate.key_log_decay(k₀))   if stream token 0 is valid
+
+    Stream token 0 (raw key k₀, value v₀) is the one leaving the window buffer: the next query no longer sees it.
+
+    q, q_rope: [B, 1, H, D] (raw / RoPE'd); keys (RoPE'd), values, raw_keys: [B, w, H_kv, D], the w − 1 buffered
+    tokens then the current one; key_valid: [B, w] bool; sinks: G stored sink keys (all before the stream) or None;
+    state: [B, H, D, D + 1] fp32 ([S | z]); omega: [H]. Returns o [B, 1, H, D] fp32 and the new state.
+    """
+    batch, _, heads, dim = q.shape
+    kv_heads = keys.shape[2]
+    groups = heads // kv_heads
+    leaving = (raw_keys[:, 0].float(), values[:, 0].float(), key_valid[:, 0])
+    if sinks is not None:
+        keys, values = torch.cat([sinks.keys, keys], dim=1), torch.cat([sinks.values, values], dim=1)
+        key_valid = torch.cat([sinks.valid, key_valid], dim=1)
+    # Query head h reads kv head h // groups (transformers' repeat_kv): [B, H_kv, groups, D] against [B, H_kv, S, D].
+    scores = q_rope.float().view(batch, kv_heads, groups, dim) @ keys.float().permute(0, 2, 3, 1) * scale
+    scores = scores.masked_fill_(~key_valid[:, None, None, :], float("-inf"))  # the current key is always valid
+    lse = scores.logsumexp(-1)
+    o_swa = (scores - lse[..., None]).exp_() @ values.float().transpose(1, 2)
+    read = (FEATURE_MAPS[config.feature_map].apply(q.float())[:, 0, :, None, :] @ state)[:, :, 0]  # [B, H, D + 1]
+    out = _shared_output(o_swa.view(batch, heads, dim), lse.view(batch, heads), read[..., :-1], read[..., -1], omega)
+    return out[:, None], _write_leaving(state, *leaving, groups, config)
+
+
+def _shared_output(o_swa, lse, numerator, normaliser, omega):
+    """σ(lse − ω − log Z) · o^swa + N / (Z + e^{lse − ω}) (module docstring): o_swa, N [..., H, D]; lse, Z [..., H];
+    ω [H]. A query with nothing to attend (left padding) has an empty denominator: its output is 0, not NaN."""
+    offset = lse - omega
+    window_share = torch.sigmoid(offset - torch.log(normaliser.clamp(min=NORMALISER_FLOOR)))
+    return window_share[..., None] * o_swa.float() + numerator / (normaliser + offset.exp()).clamp(
+        min=NORMALISER_FLOOR)[..., None]
+
+
+def _write_leaving(state, key, value, valid, groups: int, config: LigerConfig):
+    """[S | z] ← diag(a) [S | z] + φ(k)ᵀ [v, 1] for one token per row (key, value [B, H_kv, D]; valid [B] bool: a
+    padding token neither decays nor writes), k and a repeated over each kv head's group of query heads."""
+    drop = ~valid[:, None, None]
+    log_decay = GATES[config.gate].key_log_decay(key, config).clamp(min=MIN_LOG_DECAY).masked_fill(drop, 0.0)
+    feature = FEATURE_MAPS[config.feature_map].apply(key).masked_fill(drop, 0.0)
+    log_decay, feature, value = (x.repeat_interleave(groups, dim=1) for x in (log_decay, feature, with_ones_column(value)))
+    return torch.addcmul(state * log_decay.exp()[..., None], feature[..., None], value[:, :, None, :])
 
 
 def _weighted_sum(o_rec, rec_weight: float, o_swa, swa_weight: float) -> torch.Tensor:

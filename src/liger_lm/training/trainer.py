@@ -122,9 +122,10 @@ def train(
             # A resumed run skips the stages an earlier run finished (the last one resumes from its checkpoint).
             last = index == len(plan) - 1
             previous = plan[index - 1][0] if index else None
-            model, summary = _run_stage(model, data, stage, work, name, resume, callbacks, processes, last, previous)
+            model, summary = _run_stage(model, data, stage, work, name, resume, callbacks, processes, last, previous,
+                                        base_path)
             history.append({"stage": name, "objective": stage.objective, **summary})
-        results = _finish(model, tokenizer, config, work, base_path, history, started, processes)
+        results = _finish(model, tokenizer, config, work, history, started, processes)
         if config.merge:
             model = _merge(model, tokenizer, work, processes)
         if work != target and processes.is_main_process:
@@ -219,12 +220,13 @@ def _finished_run(model: PreTrainedModel, folder: Path) -> TrainResult:
 
 
 def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: bool, callbacks, processes, last: bool,
-               previous: str | None = None):
+               previous: str | None = None, base_path: str | Path | None = None):
     """Train one stage on `data` (from `training_data`); returns the (maybe peft-wrapped) model and a loss summary.
     `previous`: the stage before it, whose last held-out evaluation is this stage's first (the same weights and
     held-out records), carried over instead of evaluated again."""
     set_seed(config.seed)
     model = trainable(model, config)
+    _record_base(model, base_path)  # before any checkpoint: peft asks the Hub about a base path with no config.json
     finished = out / f"{name}.safetensors"  # what a stage before the last trained, written when it finished
     if resume and not last and finished.is_file():
         _load_trained(model, finished)  # finished in an earlier run: the later stages continue from it
@@ -557,11 +559,14 @@ def _load_trained(model: nn.Module, path: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def _finish(model, tokenizer, config: TrainConfig, out: Path, base_path, history, started, processes) -> dict[str, Any]:
+def _record_base(model: nn.Module, base_path: str | Path | None) -> None:
+    """Name the saved converted base in the adapter config, so the adapter loads alone (`models.load_adapter`)."""
+    if isinstance(model, PeftModel) and base_path is not None:
+        model.peft_config["default"].base_model_name_or_path = str(Path(base_path).resolve())
+
+
+def _finish(model, tokenizer, config: TrainConfig, out: Path, history, started, processes) -> dict[str, Any]:
     """Write the adapter (or, without LoRA, nothing more) and train_results.json (process 0; the others wait)."""
-    if isinstance(model, PeftModel):
-        if base_path is not None:
-            model.peft_config["default"].base_model_name_or_path = str(Path(base_path).resolve())
     if isinstance(model, PeftModel) and processes.is_main_process:
         with atomic_directory(out / "adapter", overwrite=True) as staging:
             model.save_pretrained(staging)
