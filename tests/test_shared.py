@@ -106,7 +106,7 @@ def test_steady_decode_step_equals_the_general_path(family, sinks, monkeypatch):
     fused = mixer_module.shared_decode_step
     monkeypatch.setattr(mixer_module, "shared_decode_step", lambda *a, **k: calls.append(1) or fused(*a, **k))
     fast = decode()
-    assert len(calls) >= 5 * model.config.num_hidden_layers  # the steps after the buffer filled and the sinks were stored
+    assert len(calls) >= 5 * model.config.num_hidden_layers  # steps after the buffer filled and the sinks were stored
     monkeypatch.setattr(mixer_module.LigerAttention, "_steady_decode", lambda *args: False)
     torch.testing.assert_close(fast, decode(), rtol=0, atol=1e-5)
 

@@ -171,7 +171,7 @@ class LigerAttention(LinearizedAttention):
 
 def shared_decode_step(q, q_rope, keys, values, key_valid, raw_keys, sinks: Sinks | None, state, omega, scale: float,
                        config: LigerConfig):
-    """One decode step of `combine="shared"` once the window buffer is full (the general form: `LigerAttention._shared`):
+    """One decode step of `combine="shared"` once the window buffer is full (general form: `LigerAttention._shared`):
 
         o = σ(lse − ω − log Z) · o^swa + N / (Z + e^{lse − ω})
         o^swa, lse = softmax attention of RoPE(q) over the valid stream keys and stored sinks (all inside the window)
@@ -216,7 +216,8 @@ def _write_leaving(state, key, value, valid, groups: int, config: LigerConfig):
     drop = ~valid[:, None, None]
     log_decay = GATES[config.gate].key_log_decay(key, config).clamp(min=MIN_LOG_DECAY).masked_fill(drop, 0.0)
     feature = FEATURE_MAPS[config.feature_map].apply(key).masked_fill(drop, 0.0)
-    log_decay, feature, value = (x.repeat_interleave(groups, dim=1) for x in (log_decay, feature, with_ones_column(value)))
+    log_decay, feature, value = (x.repeat_interleave(groups, dim=1)
+                                 for x in (log_decay, feature, with_ones_column(value)))
     return torch.addcmul(state * log_decay.exp()[..., None], feature[..., None], value[:, :, None, :])
 
 
