@@ -4,6 +4,8 @@
 
 One prefill of `--context` random tokens per model, then 24 single-token greedy steps inside `decode_layout`, the
 models taking turns step by step in one process (for ratios, not absolutes); the rate is the median of the last 20.
+The default preset runs twice: as `liger generate` runs it, and with its fused steady decode step turned off
+(`shared_decode_step`; "general decode path"), which measures what that step saves.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from transformers import DynamicCache
 
 import liger_lm
 from liger_lm.compat import with_cache
-from liger_lm.presets import PRESETS
+from liger_lm.modeling.mixer import LigerAttention
+from liger_lm.presets import DEFAULT_PRESET, PRESETS
 
 
 @torch.no_grad()
@@ -49,6 +52,10 @@ def main() -> None:
     ids = torch.randint(3, base.config.vocab_size, (1, args.context), generator=torch.Generator().manual_seed(0))
     models = {"base": base, **{name: liger_lm.convert(copy.deepcopy(base), **preset.liger)
                                for name, preset in PRESETS.items()}}
+    models[f"{DEFAULT_PRESET}, general decode path"] = general = copy.deepcopy(models[DEFAULT_PRESET])
+    for module in general.modules():
+        if isinstance(module, LigerAttention):
+            module._steady_decode = lambda *args: False  # an instance attribute: this copy only
     rates = decode_rates(models, ids)
     for name, rate in rates.items():
         print(f"{name}: {rate:.1f} tok/s at {args.context} tokens of context ({rate / rates['base']:.2f}× base)",
