@@ -60,7 +60,7 @@ class Gate:
     decay: str  # the decay a_t, for docs and `liger convert --help`
     state_size: str  # recurrent state per head
     run: Callable[..., tuple[torch.Tensor, State]]
-    # Gates that write φ(k)ᵀ v under a per-key-dim decay give it here, log a = key_log_decay(g, config) [B, H, D]:
+    # Gates that write φ(k)ᵀ v under a per-key-dim decay give it here, log a = key_log_decay(g, config) elementwise:
     # `modeling.mixer.shared_decode_step` then runs their decode step in a few fused ops.
     key_log_decay: Callable[[torch.Tensor, LigerConfig], torch.Tensor] | None = None
 
