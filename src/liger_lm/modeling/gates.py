@@ -2,7 +2,7 @@
 
 Inputs per layer: the raw projections q [B, T, H, D] and k, v [B, T, H_kv, D] (with bias / q-k norms, no RoPE) and
 g = the gate source (the raw key by default, so H_kv heads). Feature maps and gates run on the H_kv heads; each kv
-head's key, value and gate are repeated over its group of query heads only where they meet q (`_to_heads`).
+head's key, value and gate are repeated over its group of query heads only where they meet q (`to_heads`).
 Pool is adaptive average pooling of g's D values to the gate shape; L = logsigmoid, τ = `gate_normalizer`,
 φ = the feature map `config.feature_map` (`FEATURE_MAPS`: softmax over D in the paper). Padding tokens arrive with
 `keep` False: they must neither write to nor decay the state, so their write term and log-decay are zeroed.
@@ -72,7 +72,7 @@ def _pool(g: torch.Tensor, size: int) -> torch.Tensor:
     return F.adaptive_avg_pool1d(g.flatten(0, 2)[:, None], size)[:, 0].unflatten(0, g.shape[:3])
 
 
-def _to_heads(heads: int, keep: torch.Tensor | None, *tensors: torch.Tensor) -> list[torch.Tensor]:
+def to_heads(heads: int, keep: torch.Tensor | None, *tensors: torch.Tensor) -> list[torch.Tensor]:
     """The state's per-token inputs, ready for the op: each [B, T, H_kv, *] tensor repeated over its GQA group to
     `heads` heads (as transformers' repeat_kv), then zeroed at the padding positions (keep [B, T] False)."""
     tensors = [t if t.shape[2] == heads else t.repeat_interleave(heads // t.shape[2], dim=2) for t in tensors]
@@ -96,7 +96,7 @@ def _linear(q_feat, write_key, v, log_decay, keep, state: State | None, config: 
     with `normalize`: o_t / (q_feat_t · z_t),  z_t = diag(exp(log_decay_t)) z_{t−1} + write_key_t."""
     if normalize:
         v = with_ones_column(v)
-    write_key, v, log_decay = _to_heads(q_feat.shape[2], keep, write_key, v, log_decay.clamp(min=MIN_LOG_DECAY))
+    write_key, v, log_decay = to_heads(q_feat.shape[2], keep, write_key, v, log_decay.clamp(min=MIN_LOG_DECAY))
     initial = state[0] if state else None
     o, final = gla(q_feat, write_key, v, log_decay, initial_state=initial, chunk_size=config.chunk_size)
     return (_divide_by_last(o) if normalize else o), (final,)
@@ -144,7 +144,7 @@ def _rwkv6(q, k, v, g, keep, state, config):
     q_feat = _phi(q, config)
     if config.normalize:
         v = with_ones_column(v)
-    k_feat, v, log_decay = _to_heads(q.shape[2], keep, _phi(k, config), v, (-torch.exp(g)).clamp(min=MIN_LOG_DECAY))
+    k_feat, v, log_decay = to_heads(q.shape[2], keep, _phi(k, config), v, (-torch.exp(g)).clamp(min=MIN_LOG_DECAY))
     # Reading S_{t−1} is the standard recurrence over inputs shifted one token right.
     initial = state[0] if state else None
     shifted = [F.pad(x, (0, 0, 0, 0, 1, -1)) for x in (k_feat, v, log_decay)]
@@ -160,7 +160,7 @@ def _gsa(q, k, v, g, keep, state, config):
     K̃_t = diag(a) K̃ + (1 − a) ⊗ φ(k_t),  Ṽ_t = diag(a) Ṽ + (1 − a) ⊗ v_t,  o_t = softmax(K̃_t φ(q_t))ᵀ Ṽ_t."""
     log_decay = (F.logsigmoid(_pool(g, config.num_slots)) / config.gate_normalizer).clamp(min=MIN_LOG_DECAY)
     slot_write = 1.0 - log_decay.exp()
-    k_feat, v, slot_write, log_decay = _to_heads(q.shape[2], keep, _phi(k, config), v, slot_write, log_decay)
+    k_feat, v, slot_write, log_decay = to_heads(q.shape[2], keep, _phi(k, config), v, slot_write, log_decay)
     keys_state, values_state = state if state else (None, None)
     # Pass 1 holds K̃ᵀ [D, M]: the decay sits on its value (slot) dim.
     scores, keys_state = gla_value_decay(_phi(q, config), k_feat, slot_write, log_decay, keys_state, config.chunk_size)

@@ -31,7 +31,7 @@ from ..ops.swa import Sinks, gather_sinks, sink_mask
 from .adapters import ArchitectureAdapter
 from .attention import LinearizedAttention
 from .cache import LigerCacheLayer
-from .gates import FEATURE_MAPS, GATES, MIN_LOG_DECAY, NORMALISER_FLOOR, with_ones_column
+from .gates import FEATURE_MAPS, GATES, MIN_LOG_DECAY, NORMALISER_FLOOR, to_heads, with_ones_column
 
 if TYPE_CHECKING:  # the settings import the method registry (`modeling.methods`)
     from ..config import LigerConfig
@@ -198,7 +198,7 @@ def shared_decode_step(q, q_rope, keys, values, key_valid, raw_keys, sinks: Sink
     o_swa = (scores - lse[..., None]).exp_() @ values.float().transpose(1, 2)
     read = (FEATURE_MAPS[config.feature_map].apply(q.float())[:, 0, :, None, :] @ state)[:, :, 0]  # [B, H, D + 1]
     out = _shared_output(o_swa.view(batch, heads, dim), lse.view(batch, heads), read[..., :-1], read[..., -1], omega)
-    return out[:, None], _write_leaving(state, *leaving, groups, config)
+    return out[:, None], _write_leaving(state, *leaving, config)
 
 
 def _shared_output(o_swa, lse, numerator, normaliser, omega):
@@ -210,14 +210,14 @@ def _shared_output(o_swa, lse, numerator, normaliser, omega):
         min=NORMALISER_FLOOR)[..., None]
 
 
-def _write_leaving(state, key, value, valid, groups: int, config: LigerConfig):
+def _write_leaving(state, key, value, valid, config: LigerConfig):
     """[S | z] ← diag(a) [S | z] + φ(k)ᵀ [v, 1] for one token per row (key, value [B, H_kv, D]; valid [B] bool: a
     padding token neither decays nor writes), k and a repeated over each kv head's group of query heads."""
-    drop = ~valid[:, None, None]
-    log_decay = GATES[config.gate].key_log_decay(key, config).clamp(min=MIN_LOG_DECAY).masked_fill(drop, 0.0)
-    feature = FEATURE_MAPS[config.feature_map].apply(key).masked_fill(drop, 0.0)
-    log_decay, feature, value = (x.repeat_interleave(groups, dim=1)
-                                 for x in (log_decay, feature, with_ones_column(value)))
+    log_decay = GATES[config.gate].key_log_decay(key, config).clamp(min=MIN_LOG_DECAY)
+    feature = FEATURE_MAPS[config.feature_map].apply(key)
+    # the gates' own GQA repetition and padding mask, on a one-token time axis
+    log_decay, feature, value = (x[:, 0] for x in to_heads(state.shape[1], valid[:, None], log_decay[:, None],
+                                                           feature[:, None], with_ones_column(value)[:, None]))
     return torch.addcmul(state * log_decay.exp()[..., None], feature[..., None], value[:, :, None, :])
 
 
