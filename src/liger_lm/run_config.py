@@ -35,7 +35,7 @@ class Budget:
                            precision=precision).replace(**recipe)
 
 
-# "default" fits `make run` in about 20 minutes on a 2-core CPU with the default model (README has the timing): 112
+# "default" fits `make run` in about 20 minutes on a 2-core CPU with native bf16 (73 on an AVX2-only one; README): 112
 # optimizer steps of 1,024 tokens (RADLADS: the number of steps matters more than the batch; rows of 1,024 rather
 # than 512 keep the recurrent branch helpful past 1K tokens, measured in the README), then the multiple-choice
 # suite at 200 examples per task (standard error ≤ 3.5 points) and 16K tokens of held-out prose. It also trains on
@@ -69,8 +69,8 @@ class RunOptions:
     liger: LigerConfig | None = field(default=None, metadata={  # None: the preset's conversion settings
         "help": "Conversion settings (on the command line: the LigerConfig options over --preset).", "cli": False})
     budget: str = field(default="default", metadata={
-        "help": "tiny (smoke test), default (about 20 min on a 2-core CPU), long (10× the training, about 2 h) or "
-                "paper (20 M tokens; needs a GPU).", "choices": tuple(BUDGETS)})
+        "help": "tiny (smoke test), default (about 20 min on a 2-core CPU with native bf16, 73 on an AVX2-only "
+                "one), long (10× the training, about 2 h with native bf16) or paper (20 M tokens; needs a GPU).", "choices": tuple(BUDGETS)})
     data: str | None = field(default=None, metadata={  # None: the preset's training data
         "help": "Fine-tuning data (default: the preset's): default (BIG-bench instructions), prose, mix, a local "
                 "file or a Hugging Face dataset."})
