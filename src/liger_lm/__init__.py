@@ -26,6 +26,7 @@ __all__ = [
     "LigerConfig",
     "LigerConfigError",
     "UnsupportedModelError",
+    "compiled_decode",
     "convert",
     "decode_layout",
     "evaluation",
@@ -59,11 +60,12 @@ def _import_api() -> None:
     global LigerConfig, LigerConfigError, convert, is_converted, UnsupportedModelError, LigerCacheLayer
     global FEATURE_MAPS, GATES, decode_layout, LigerAttention, evaluation, presets
     global DEFAULT_MODEL_NOTE, load_default_model, load_model, DEFAULT_PRESET, PRESETS, QuantizedLinear
-    global quantize_for_decode
+    global quantize_for_decode, compiled_decode
     from .config import LigerConfig, LigerConfigError
     from .convert import convert, is_converted
     from .modeling.adapters import UnsupportedModelError
     from .modeling.cache import LigerCacheLayer
+    from .modeling.compiled import compiled_decode
     from .modeling.gates import FEATURE_MAPS, GATES
     from .modeling.hf import register_auto_classes
     from .modeling.layout import decode_layout

@@ -65,6 +65,10 @@ class BackendError(LigerError, ValueError):
     """The requested kernel backend is unknown or cannot run here; the message says what to do."""
 
 
+class CompileUnavailableError(LigerError, RuntimeError):
+    """torch.compile cannot build here (no C++ compiler for inductor on CPU); the message says what to do."""
+
+
 class HarnessArgumentError(LigerError, ValueError):
     """A bad `--model_args` value for the liger model."""
 

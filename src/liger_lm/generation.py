@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import PromptError, PromptTooLongError  # noqa: F401 (re-exported)
+from .modeling.compiled import compiled_decode
 from .modeling.layout import decode_layout
 
 
@@ -36,8 +39,10 @@ def generate_text(
     top_p: float = 0.9,
     chat: bool = True,
     seed: int = 0,
+    compile: bool = False,
 ) -> list[str]:
-    """Complete each prompt (batched, left-padded); returns only the new text of each."""
+    """Complete each prompt (batched, left-padded); returns only the new text of each. `compile`: steady decode
+    steps through torch.compile (`modeling.compiled`; worth its compile time for long generations only)."""
     check_prompts(prompts)
     texts = [format_prompt(tokenizer, p, chat) for p in prompts]
     inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat).to(model.device)
@@ -49,7 +54,7 @@ def generate_text(
         )
     torch.manual_seed(seed)
     options = dict(do_sample=True, temperature=temperature, top_p=top_p) if sample else dict(do_sample=False)
-    with decode_layout(model):
+    with decode_layout(model), compiled_decode(model) if compile else nullcontext():
         output = model.generate(
             **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **options
         )

@@ -40,6 +40,7 @@ class LigerCacheLayer(CacheLayerMixin):
         # stops counting, since only that search reads it).
         self.sinks_complete = False
         self.seen_tokens = 0
+        self.window, self.sink_count = 0, 0  # the layer's settings, recorded by `advance`
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.is_initialized = True
@@ -68,14 +69,17 @@ class LigerCacheLayer(CacheLayerMixin):
         """Store the new state and keep only the last `window − 1` tokens of the window stream (buffer + new):
         keys, values [B, S, H_kv, D], validity [B, S] and, when given, raw keys [B, S, H_kv, D]; with `sinks`, the
         sink tokens among those that leave the buffer move to the sink store."""
-        self.state = state
+        self.state, self.window, self.sink_count = state, window, sinks
         if stream is not None:
             keys, values, key_valid = stream[:3]
             start = max(keys.shape[1] - (window - 1), 0)
             if sinks and start and not self.sinks_complete:
                 self._store_sinks(keys[:, :start], values[:, :start], key_valid[:, :start], sinks)
             kept = [t[:, start:] for t in stream]
-            if start > window:
+            if torch.compiler.is_compiling():
+                # one layout for every compiled step (`modeling.compiled`); inductor writes it in the stream's kernel
+                kept = [t.contiguous() for t in kept]
+            elif start > window:
                 # clone after a prefill: the slice would keep all its keys alive through the storage (a decode
                 # step's slice drops a single token, not worth three copies per layer and token)
                 kept = [t.clone() for t in kept]
@@ -90,6 +94,13 @@ class LigerCacheLayer(CacheLayerMixin):
         self.sinks = keep_sinks(gather_sinks(keys, values, key_valid, sinks, real_before, self.sinks), sinks)
         self.real_dropped = real_before + key_valid.sum(1)
         self.sinks_complete = bool((self.real_dropped >= sinks).all())
+
+    @property
+    def steady(self) -> bool:
+        """Whether a one-token step keeps every tensor's shape: the window buffer is full (or the layer has none)
+        and every row's sinks are stored (`modeling.compiled` compiles only such steps)."""
+        buffer_full = self.keys is None or self.keys.shape[1] == self.window - 1
+        return self.is_initialized and buffer_full and (self.sinks_complete or not self.sink_count)
 
     def get_seq_length(self) -> int:
         return self.seen_tokens
@@ -106,7 +117,7 @@ class LigerCacheLayer(CacheLayerMixin):
                 self.real_dropped)
         return [t for t in held if t is not None]
 
-    def _map(self, fn) -> None:
+    def map_tensors(self, fn) -> None:
         """Apply `fn` to every per-sequence tensor (dim 0 is the batch)."""
         if self.state is not None:
             self.state = tuple(fn(t) for t in self.state)
@@ -122,21 +133,21 @@ class LigerCacheLayer(CacheLayerMixin):
         self.sinks_complete = self.is_initialized = False
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._map(lambda t: t.index_select(0, beam_idx.to(t.device)))
+        self.map_tensors(lambda t: t.index_select(0, beam_idx.to(t.device)))
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+        self.map_tensors(lambda t: t.repeat_interleave(repeats, dim=0))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._map(lambda t: t[indices])
+        self.map_tensors(lambda t: t[indices])
 
     def offload(self) -> None:
-        self._map(lambda t: t.to("cpu", non_blocking=True))
+        self.map_tensors(lambda t: t.to("cpu", non_blocking=True))
 
     def prefetch(self) -> None:
         device = getattr(self, "device", None)
         if device is not None:
-            self._map(lambda t: t.to(device, non_blocking=True))
+            self.map_tensors(lambda t: t.to(device, non_blocking=True))
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError(

@@ -1,0 +1,94 @@
+"""`compiled_decode`: single-token decode steps through `torch.compile` (opt-in, any model).
+
+On a CPU a batch-1 decode step of a small model is bound by operator dispatch, not by reading the weights: eagerly,
+a default-preset step at 1K context spends about a third of its time in matrix products
+(`python scripts/profile_decode.py`). Compiling the model's forward fuses each layer's elementwise work (norms,
+RoPE, the mixing step, the cache update) into a few generated kernels.
+
+Only steps whose shapes stay put from one token to the next go through the compiled forward: one new token per row,
+and every Liger layer `steady` (window buffer full, sinks stored), so a converted model compiles one graph per batch
+size. The KV layers of an unconverted model grow by one token a step; `dynamic=True` makes their length symbolic
+from the start, so they do not recompile either. Prefill, and the first steps after a prompt shorter than the
+window, run eagerly. A model that kept softmax layers (`softmax_layers`) passes its mask on, and each Liger layer's
+all-real check then splits the graph: still correct, less fused.
+
+The first compiled step compiles (minutes on a slow CPU; inductor's on-disk cache shortens later runs), so this pays
+off for long generations, not for a few tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache
+
+from ..compat import pop_cache
+from ..errors import CompileUnavailableError
+from .cache import LigerCacheLayer
+
+
+@contextmanager
+def compiled_decode(model: nn.Module, backend: str = "inductor", mode: str | None = None) -> Iterator[nn.Module]:
+    """Within the block, `model`'s steady single-token forwards (module docstring) run `torch.compile`d
+    (`dynamic=True`; `backend` and `mode` as torch.compile takes them); everything else runs eagerly. Use it around
+    inference: `with compiled_decode(model): model.generate(...)`. On exit `model.forward` is the eager one again."""
+    if backend == "inductor" and next(model.parameters()).device.type == "cpu":
+        check_cpp_compiler()
+    eager = model.forward
+    compiled = torch.compile(eager, dynamic=True, backend=backend, mode=mode)
+
+    @functools.wraps(eager)  # generate() reads forward's signature
+    def forward(*args, **kwargs):
+        if not is_steady_step(args, kwargs):
+            return eager(*args, **kwargs)
+        cache = pop_cache(dict(kwargs))
+        _contiguous_cache(cache)
+        if all(isinstance(layer, LigerCacheLayer) for layer in cache.layers):
+            # Each layer keeps its buffer's validity and the new tokens are real (`is_steady_step`), so the mask
+            # holds nothing a layer reads; passed on, its all-real check would split the graph at every layer.
+            kwargs["attention_mask"] = None
+        return compiled(*args, **kwargs)
+
+    previous = vars(model).get("forward")
+    model.forward = forward
+    try:
+        yield model
+    finally:
+        if previous is None:
+            del model.forward
+        else:
+            model.forward = previous
+
+
+def check_cpp_compiler() -> None:
+    """inductor writes C++ for CPU kernels: refuse up front, in one line, where no compiler is on PATH."""
+    if not any(shutil.which(name) for name in (os.environ.get("CXX", "g++"), "g++", "clang++", "c++")):
+        raise CompileUnavailableError("compiling the decode step on CPU needs a C++ compiler (g++ or clang++) on "
+                                      "PATH; install one (e.g. apt install g++) or run without --compile")
+
+
+def _contiguous_cache(cache: Cache) -> None:
+    """Make every cache tensor contiguous (a copy only where it is not). The compiled graph guards on strides, and
+    its own cache outputs are contiguous (`LigerCacheLayer.advance`) while an eager step leaves slices: without this
+    the first compiled step after an eager one would compile the whole model a second time."""
+    for layer in cache.layers:
+        if isinstance(layer, LigerCacheLayer):
+            layer.map_tensors(torch.Tensor.contiguous)
+        elif isinstance(getattr(layer, "keys", None), torch.Tensor):
+            layer.keys, layer.values = layer.keys.contiguous(), layer.values.contiguous()
+
+
+def is_steady_step(args: tuple, kwargs: dict) -> bool:
+    """Whether a model forward call (input ids positional or by keyword, the rest by keyword) is one real token per
+    row (2D mask, if any, ending in ones) continuing a cache whose Liger layers are all `steady`."""
+    tokens = args[0] if len(args) == 1 else kwargs.get("input_ids", kwargs.get("inputs_embeds"))
+    mask, cache = kwargs.get("attention_mask"), pop_cache(dict(kwargs))
+    return (len(args) <= 1 and tokens is not None and tokens.shape[1] == 1 and cache is not None
+            and (mask is None or (mask.dim() == 2 and bool(mask[:, -1].all())))
+            and all(layer.steady for layer in cache.layers if isinstance(layer, LigerCacheLayer)))

@@ -1,0 +1,101 @@
+"""`compiled_decode`: stock generate() through torch.compile (inductor) gives the eager tokens, compiles once."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import tiny_model
+
+import liger_lm
+from liger_lm.modeling.compiled import compiled_decode, is_steady_step
+from liger_lm.presets import DEFAULT_PRESET, PRESETS
+
+
+def _left_padded_prompts():
+    ids = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    ids[1, :4], mask[1, :4] = 0, 0
+    return ids, mask
+
+
+@pytest.fixture
+def frame_compiles():
+    """Counts the frames dynamo compiles (a recompile of the same frame counts again)."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    yield lambda: torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("convert", [True, False], ids=["liger", "base"])
+@torch.no_grad()
+def test_compiled_generate_gives_the_eager_tokens_and_compiles_once(convert, frame_compiles):
+    """Greedy generate of a left-padded batch: a prompt shorter than the window (its first steps fill the buffer and
+    the sinks eagerly), then steady steps through inductor. The base model's KV cache grows every step."""
+    model = tiny_model("llama")
+    if convert:
+        model = liger_lm.convert(model, **{**PRESETS[DEFAULT_PRESET].liger, "window": 12})
+    ids, mask = _left_padded_prompts()
+    greedy = dict(attention_mask=mask, max_new_tokens=30, do_sample=False, pad_token_id=0)
+    eager = model.generate(ids, **greedy)
+    compiled_model = copy.deepcopy(model)
+    with compiled_decode(compiled_model):
+        tokens = compiled_model.generate(ids, **greedy)
+    assert torch.equal(tokens, eager)
+    assert frame_compiles() == 1  # one graph for every steady step: no recompile as positions and masks grow
+    assert "forward" not in vars(compiled_model)  # the eager forward is back
+
+
+def test_only_single_token_steps_over_a_steady_cache_are_compiled():
+    from transformers import DynamicCache
+
+    from liger_lm.compat import with_cache
+
+    model = liger_lm.convert(tiny_model("llama"), window=4, sinks=2, combine="shared")
+    cache = DynamicCache(config=model.config)
+    one, three = torch.tensor([[5]]), torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        model(three, **with_cache(cache))
+        assert not is_steady_step((one,), with_cache(cache))  # the buffer holds 3 = window − 1, sinks not stored
+        model(three, **with_cache(cache))
+    assert is_steady_step((one,), with_cache(cache))
+    assert not is_steady_step((three,), with_cache(cache))  # prefill
+    assert not is_steady_step((), {"input_ids": one})  # no cache
+
+
+def _invoke(*args):
+    from typer.testing import CliRunner
+
+    from liger_lm.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_generate_compile_prints_the_eager_text(tiny_model_dir, tmp_path, monkeypatch):
+    from liger_lm.modeling import compiled as compiled_module
+
+    out = tmp_path / "liger"
+    assert _invoke("convert", "--model", str(tiny_model_dir), "--out", str(out), "--window", "8").exit_code == 0
+    prompt = ["--prompt", "w5 w6 w7 w8 w9 w10 w11 w12 w13 w14 w15", "--max-new-tokens", "12", "--no-chat"]
+    eager = _invoke("generate", str(out), *prompt)
+    steady = []
+    check = compiled_module.is_steady_step
+    monkeypatch.setattr(compiled_module, "is_steady_step", lambda *a: steady.append(check(*a)) or steady[-1])
+    compiled = _invoke("generate", str(out), *prompt, "--compile")
+    assert compiled.exit_code == eager.exit_code == 0, compiled.output
+    assert compiled.stdout == eager.stdout and eager.stdout.strip()
+    assert sum(steady) >= 8  # the steps after the sinks left the window buffer ran compiled
+
+
+def test_generate_compile_without_a_cpp_compiler_fails_in_one_line(tiny_model_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "CXX"} | {"PATH": str(tmp_path)}  # no g++
+    done = subprocess.run([sys.executable, "-m", "liger_lm", "generate", str(tiny_model_dir), "--prompt", "w5",
+                           "--compile"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 2
+    assert "needs a C++ compiler (g++ or clang++) on PATH" in done.stderr and "Traceback" not in done.stderr
