@@ -17,6 +17,7 @@ from conftest import tiny_model
 from liger_lm import LigerConfig
 from liger_lm.benchmark import BenchmarkError, BenchOptions, parse_sizes, run_benchmark
 from liger_lm.benchmark import llama_cpp, measure, ops_bench
+from liger_lm.presets import DEFAULT_PRESET, PRESETS
 
 FP32 = 4
 
@@ -282,6 +283,52 @@ def test_model_benchmark_with_weight_formats_and_a_fake_llama_cpp(tmp_path, monk
     assert int8["liger_over_base_fp32_decode"]["batch1_len40"] == pytest.approx(liger_int8 / base_fp32, rel=1e-2)
     table = (tmp_path / "model.md").read_text()
     assert "| int8-weights | liger | 1 | 40 |" in table and "llama.cpp" in table
+
+
+def test_compiled_decode_rows_beside_the_eager_ones(tmp_path, monkeypatch):
+    """--compile: each model decodes again at batch 1 inside compiled_decode (a backend that counts the steps it
+    runs stands in for inductor, which tests/test_compiled.py runs), beyond the prefill cap too; the summary puts the
+    compiled Liger model against the eager fp32 base model and the weight read rate against the memory's."""
+    from functools import partial
+
+    from liger_lm.benchmark import model_bench
+    from liger_lm.modeling.compiled import compiled_decode
+
+    compiled_steps = []
+
+    def counting_backend(graph, example_inputs):
+        def run(*args):
+            compiled_steps.append(1)
+            return graph(*args)
+        return run
+
+    monkeypatch.setattr(model_bench, "compiled_decode", partial(compiled_decode, backend=counting_backend))
+    options = BenchOptions(
+        out=tmp_path, lengths=[16, 64], batches=[1], dtypes=["fp32"], decode_tokens=2, repeats=1, max_seconds=5.0,
+        short_prefill=12, prefill_token_cap=40, forward_length=24, compile=True, llama_cpp=False, train_steps=0,
+        liger=LigerConfig(**{**PRESETS[DEFAULT_PRESET].liger, "window": 8}),  # one graph a step (test_compiled.py)
+    )
+    model = tiny_model("llama")
+    results = run_benchmark(options, model=model)
+    compiled = [r for r in results["rows"] if r["variant"] == "fp32, compiled"]
+    assert {(r["model"], r["length"]) for r in compiled} == {(m, n) for m in ("base", "liger") for n in (16, 64)}
+    assert all(r["compiled"] and r["prefill"] is None and r["decode"]["first_step_s"] > 0 for r in compiled)
+    # the first step and the decode steps (a warm-up + decode_tokens) of 2 models × 2 lengths, each one graph
+    assert len(compiled_steps) == 2 * 2 * (1 + 1 + options.decode_tokens)
+    liger_64 = next(r for r in compiled if r["model"] == "liger" and r["length"] == 64)
+    assert "12-token prefill" in liger_64["decode"]["context"]
+    summary = results["summary"]["fp32, compiled"]
+    base_eager = next(r for r in results["rows"] if r["model"] == "base" and r["variant"] == "fp32"
+                      and r["length"] == 64)["decode"]["tokens_per_s"]
+    assert summary["liger_over_base_fp32_decode"]["batch1_len64"] == pytest.approx(
+        liger_64["decode"]["tokens_per_s"] / base_eager, rel=1e-2)
+    assert set(summary["first_step_s"]) == {"base", "liger"}
+    fp32 = results["summary"]["fp32"]
+    read = results["memory_read"]["gb_s"]
+    assert read > 0 and results["summary"]["memory_read_gb_s"] == read
+    assert fp32["liger_decode_b1_bandwidth_fraction"] == pytest.approx(
+        fp32["liger_decode_b1_weight_read_gb_s"] / read, rel=2e-2, abs=2e-3)
+    assert "forward" not in vars(model)  # the eager forward is back
 
 
 def test_bad_weight_format_is_one_line(tmp_path):

@@ -189,3 +189,11 @@ def test_branch_ablation_pairs_the_windows_of_the_zeroed_and_the_used_model():
     assert result["ratio"] == pytest.approx(math.exp(0.1), abs=1e-4)
     assert result["log_ratio_se"] == pytest.approx(0.0, abs=1e-6)  # the same +0.1 in every window: no spread
     assert result["by_position"] == {"0-64": 1.0, "64-1024": 1.05}
+
+
+def test_progress_lines_print_brackets_as_written(capsys):
+    """A progress message is text, not rich markup: the install hint names the extra in brackets."""
+    from liger_lm import cli
+
+    cli._progress("llama.cpp: skipped (pip install 'liger-lm[bench]')")
+    assert "pip install 'liger-lm[bench]'" in capsys.readouterr().err  # progress goes to stderr

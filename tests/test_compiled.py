@@ -29,14 +29,15 @@ def frame_compiles():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("convert", [True, False], ids=["liger", "base"])
+@pytest.mark.parametrize("preset", [DEFAULT_PRESET, "paper", None], ids=[DEFAULT_PRESET, "paper", "base"])
 @torch.no_grad()
-def test_compiled_generate_gives_the_eager_tokens_and_compiles_once(convert, frame_compiles):
+def test_compiled_generate_gives_the_eager_tokens_and_compiles_once(preset, frame_compiles):
     """Greedy generate of a left-padded batch: a prompt shorter than the window (its first steps fill the buffer and
-    the sinks eagerly), then steady steps through inductor. The base model's KV cache grows every step."""
+    the sinks eagerly), then steady steps through inductor, the padded row's window still holding its padding. The
+    default preset takes the fused step, the paper's the general one; the base model's KV cache grows every step."""
     model = tiny_model("llama")
-    if convert:
-        model = liger_lm.convert(model, **{**PRESETS[DEFAULT_PRESET].liger, "window": 12})
+    if preset:
+        model = liger_lm.convert(model, **{**PRESETS[preset].liger, "window": 12})
     ids, mask = _left_padded_prompts()
     greedy = dict(attention_mask=mask, max_new_tokens=30, do_sample=False, pad_token_id=0)
     eager = model.generate(ids, **greedy)

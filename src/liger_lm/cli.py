@@ -595,7 +595,7 @@ def run(ctx: typer.Context):
     settings = given(ctx, "run")
     liger = _preset_settings(settings.get("preset", DEFAULT_PRESET), given(ctx, "liger"))
     options = RunOptions(**settings, liger=liger, train=given(ctx, "train"))
-    results = main_job(options, log=lambda message: console.print(f"[cyan]›[/] {message}"))
+    results = main_job(options, log=_progress)
     typer.echo((Path(options.out) / "report.md").read_text(encoding="utf-8"))
     console.print(f"[green]done[/] in {results['seconds']['this_invocation']} s → {options.out}")
 
@@ -618,9 +618,14 @@ def bench(
     out = Path(options.out)
     files = [out / f"{name}.json", out / f"{name}.png"]
     with claim_output(out, overwrite, outputs=files):  # before the benchmark, which can take many minutes
-        results = run_benchmark(options, log=lambda message: console.print(f"[cyan]›[/] {message}"))
+        results = run_benchmark(options, log=_progress)
     typer.echo(json.dumps(results["summary"], indent=2))
     console.print(f"[green]done[/] → {files[0]}, {files[1]}")
+
+
+def _progress(message: str) -> None:
+    """One progress line of a long command; the message is plain text ("liger-lm[bench]" is not markup)."""
+    console.print(f"[cyan]›[/] {escape(message)}")
 
 
 def _bench_dtypes(dtypes: list[str], device: str, error: type[LigerError] = LigerError) -> list[str]:

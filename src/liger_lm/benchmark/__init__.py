@@ -85,6 +85,9 @@ class BenchOptions:
         "help": "Also time this many fine-tune optimizer steps per stage objective (attn, kd) of the preset's recipe "
                 "on rows of --train-seq-len tokens (0: skip).", "min": 0})
     train_seq_len: int = field(default=1024, metadata={"help": "Tokens per row of the timed fine-tune steps.", "min": 2})
+    compile: bool = field(default=False, metadata={
+        "help": "Also decode at batch 1 through torch.compile (liger_lm.compiled_decode), rows '<variant>, "
+                "compiled': a compile of minutes per model and weight format on a CPU."})
     llama_cpp: bool = field(default=True, metadata={
         "help": "Also run the GGUF through llama-cpp-python when it is installed (CPU only)."})
 
@@ -109,6 +112,10 @@ class BenchOptions:
             raise BenchmarkError(f"--max-seconds must be > 0, got {self.max_seconds}")
         if not self.lengths or not self.batches:
             raise BenchmarkError("--lengths and --batch need at least one value each")
+        if self.compile and not self.ops and self.torch_device().type == "cpu":
+            from ..modeling.compiled import check_cpp_compiler
+
+            check_cpp_compiler()
         self.torch_device()
 
     def torch_device(self) -> torch.device:
@@ -147,7 +154,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = lambda _: 
         lengths=options.lengths, batches=options.batches, dtypes=options.dtypes,
         decode_tokens=options.decode_tokens, repeats=options.repeats, max_seconds=options.max_seconds,
         short_prefill=options.short_prefill, prefill_token_cap=options.prefill_token_cap,
-        forward_length=options.forward_length, weights=tuple(options.weights),
+        forward_length=options.forward_length, weights=tuple(options.weights), compile=options.compile,
     )
     results.update(kind="model", model=options.model, liger=vars(options.liger).copy(),
                    protocol=" ".join(MODEL_PROTOCOL.split()))

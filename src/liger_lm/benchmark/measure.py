@@ -63,6 +63,15 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], device: torch.devi
     return {name: {"median_s": statistics.median(t), "runs": len(t), "times_s": t} for name, t in times.items()}
 
 
+def read_rate(device: torch.device, megabytes: int = 512, repeats: int = 5) -> dict:
+    """The device's memory read rate: the median time of a `sum` over `megabytes` of fp32, which reads every byte
+    once (what a batch-1 decode step does with its weights); GB/s = bytes / seconds / 1e9."""
+    data = torch.ones(megabytes * 2**20 // 4, device=device)
+    timing = repeat_median(data.sum, device, repeats, max_seconds=30.0)
+    return {"gb_s": round(data.numel() * 4 / timing["median_s"] / 1e9, 2), "megabytes": megabytes,
+            "method": f"median of {timing['runs']} sums over {megabytes} MiB of fp32"}
+
+
 def _rss_bytes() -> int:
     """Resident set size of this process (Linux /proc; 0 where unavailable)."""
     try:

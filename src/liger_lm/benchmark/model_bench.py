@@ -17,7 +17,13 @@ Protocol (also written into the JSON):
     hits every length alike;
   * weight formats (`weights`): besides the plain fp32 / bf16 models, copies of both fp32 models with int8 or bf16
     weights in every linear layer (`liger_lm.quantize_for_decode`; activations stay fp32) run the same rows; each
-    row names its `dtype`, its `weights` and the `variant` (the dtype, or "int8-weights" / "bf16-weights").
+    row names its `dtype`, its `weights` and the `variant` (the dtype, or "int8-weights" / "bf16-weights");
+  * compiled decode (`compile`): each variant's models also decode at batch 1 inside `compiled_decode`
+    (torch.compile of the steady single-token steps), continuing an untimed prefill (or the stand-in caches above
+    beyond `prefill_token_cap`); the variant is "<variant>, compiled" and `first_step_s` is the first step's time,
+    which at the first length includes the compile;
+  * memory read rate: a `sum` over 512 MiB of fp32 (`measure.read_rate`), against which the summary puts the
+    rate at which a batch-1 Liger step reads its linear layers' weights.
 """
 
 from __future__ import annotations
@@ -32,10 +38,11 @@ from transformers import DynamicCache
 
 from ..compat import with_cache
 from ..config import LigerConfig
-from ..modeling.cache import cache_bytes
+from ..modeling.cache import LigerCacheLayer, cache_bytes
+from ..modeling.compiled import compiled_decode
 from ..modeling.layout import decode_layout
 from ..quantize import QuantizedLinear, quantize_for_decode
-from .measure import PeakMemory, interleaved_medians, repeat_median, timed
+from .measure import PeakMemory, interleaved_medians, read_rate, repeat_median, timed
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 WARMUP_TOKENS = 64
@@ -53,6 +60,7 @@ class ModelBenchSettings:
     prefill_token_cap: int
     forward_length: int
     weights: tuple[str, ...] = ("fp32",)
+    compile: bool = False
 
 
 def variant_name(dtype: str, weights: str) -> str:
@@ -165,17 +173,46 @@ def _row(model, kind: str, dtype: str, batch: int, length: int, settings: ModelB
         if batch * length <= settings.prefill_token_cap:
             row["prefill"], cache = measure_prefill(model, batch, length, settings, device)
             context = f"after a real prefill of {length} tokens"
-        elif kind == "base":
-            cache = random_kv_cache(model, batch, length)
-            context = f"KV cache of {length} random keys/values per layer (decode cost depends only on its length)"
         else:
-            short = min(settings.short_prefill, length)
-            cache = _prefill(model, _token_ids(model, batch, short))
-            context = f"state of a real {short}-token prefill (Liger state size does not depend on length)"
+            cache, context = _stand_in_cache(model, kind, batch, length, settings)
         row["decode"] = measure_decode(model, cache, batch, settings, device, context)
     prefill = row["prefill"]["tokens_per_s"] if row["prefill"] else "-"
     log(f"{kind} {variant} B={batch} L={length}: prefill {prefill} tok/s, decode {row['decode']['tokens_per_s']} tok/s")
     return row, cache
+
+
+def _stand_in_cache(model, kind: str, batch: int, length: int, settings: ModelBenchSettings):
+    """(cache, description) a decode at `length` continues where its prefill is not measured: random keys for the
+    base model, the state of a short real prefill for Liger (module docstring)."""
+    if kind == "base":
+        return (random_kv_cache(model, batch, length),
+                f"KV cache of {length} random keys/values per layer (decode cost depends only on its length)")
+    short = min(settings.short_prefill, length)
+    return (_prefill(model, _token_ids(model, batch, short)),
+            f"state of a real {short}-token prefill (Liger state size does not depend on length)")
+
+
+def _compiled_rows(model, kind: str, dtype: str, weights: str, settings: ModelBenchSettings, device, log) -> list:
+    """Batch-1 decode rows of `model` inside `compiled_decode`, one per length (module docstring)."""
+    variant = f"{variant_name(dtype, weights)}, compiled"
+    rows = []
+    with torch.no_grad(), compiled_decode(model):
+        for length in settings.lengths:
+            if length <= settings.prefill_token_cap:
+                cache, context = _prefill(model, _token_ids(model, 1, length)), f"after a real prefill of {length} tokens"
+            else:
+                cache, context = _stand_in_cache(model, kind, 1, length, settings)
+            first_step_s, _ = timed(_greedy_step(model, cache, _token_ids(model, 1, 1)), device)
+            # Only steady steps are compiled (`compiled_decode`); say so where a short Liger prefill is not steady.
+            steady = all(layer.steady for layer in cache.layers if isinstance(layer, LigerCacheLayer))
+            decode = measure_decode(model, cache, 1, settings, device, context)
+            rows.append({"model": kind, "dtype": dtype, "weights": weights, "variant": variant, "batch": 1,
+                         "length": length, "prefill": None, "compiled": steady,
+                         "decode": {**decode, "first_step_s": round(first_step_s, 3)}})
+            log(f"{kind} {variant} B=1 L={length}: decode {decode['tokens_per_s']} tok/s "
+                f"(first step {first_step_s:.1f} s{'' if steady else ', not steady: ran eagerly'})")
+    torch._dynamo.reset()  # the next model's steps then do not check this one's guards first
+    return rows
 
 
 def _warm_up(model, device) -> None:
@@ -240,6 +277,9 @@ def run_model_benchmark(model, liger: LigerConfig, settings: ModelBenchSettings,
                 if kind == "liger":
                     weights_mb[variant] = _weights_mb(net, parameters, dtype, weights)
                     read_mb[variant] = round(decode_read_bytes(net) / 2**20, 3)
+                    if settings.compile:
+                        weights_mb[f"{variant}, compiled"] = weights_mb[variant]
+                        read_mb[f"{variant}, compiled"] = read_mb[variant]
                 _warm_up(net, device)
                 liger_caches = {}
                 for batch in settings.batches:
@@ -259,9 +299,13 @@ def run_model_benchmark(model, liger: LigerConfig, settings: ModelBenchSettings,
                 if len(liger_caches) > 1:
                     flatness[variant] = interleaved_decode(net, liger_caches, settings, device)
                     log(f"liger {variant} B=1 decode, lengths interleaved: {flatness[variant]['tokens_per_s']} tok/s")
+                if settings.compile:
+                    rows += _compiled_rows(net, kind, dtype, weights, settings, device, log)
                 del net
+    memory_read = read_rate(device)
+    log(f"memory read rate: {memory_read['gb_s']} GB/s ({memory_read['method']})")
     return {"rows": rows, "skipped": skipped, "throughput": throughput, "liger_b1_decode_interleaved": flatness,
-            "weights_mb": weights_mb, "decode_read_mb": read_mb}
+            "weights_mb": weights_mb, "decode_read_mb": read_mb, "memory_read": memory_read}
 
 
 def _variants(settings: ModelBenchSettings) -> list[tuple[str, str]]:

@@ -51,6 +51,9 @@ def model_summary(results: dict) -> dict:
             # the same ratio with the lengths' steps interleaved (robust to a machine's drift between rows)
             "liger_decode_b1_interleaved": results.get("liger_b1_decode_interleaved", {}).get(variant),
             "liger_decode_b1_weight_read_gb_s": round(liger_short * step_mb * 2**20 / 1e9, 2) if liger_short else None,
+            # ... and its share of what the memory reads per second (1.0 = the step only waits for its weights)
+            "liger_decode_b1_bandwidth_fraction": _ratio(liger_short * step_mb * 2**20 / 1e9 if liger_short else None,
+                                                         (results.get("memory_read") or {}).get("gb_s")),
             "weights_mb": weights_mb,
             "decode_read_mb": step_mb,
             "liger_over_base_decode": {f"batch{b}_len{n}": _ratio(_decode(results, "liger", variant, b, n),
@@ -68,7 +71,11 @@ def model_summary(results: dict) -> dict:
             per_variant["liger_over_llama_cpp_decode_b1"] = {
                 str(n): _ratio(_decode(results, "liger", variant, 1, n), _llama_cpp_decode(results, n))
                 for n in lengths}
+        if variant.endswith(", compiled"):
+            per_variant["first_step_s"] = {model: _first_step_s(results, model, variant, short)
+                                           for model in ("base", "liger")}
         summary[variant] = per_variant
+    summary["memory_read_gb_s"] = (results.get("memory_read") or {}).get("gb_s")
     summary["llama_cpp"] = _llama_cpp_summary(results.get("llama_cpp"))
     forward = results.get("throughput", {})
     if forward:
@@ -95,6 +102,12 @@ def _llama_cpp_summary(section: dict | None) -> dict:
     return {"available": True, "weights": section.get("weights"), "threads": section.get("threads"),
             "decode_b1_tok_s": {str(r["length"]): r["decode"]["tokens_per_s"] for r in section["rows"]},
             "prefill_b1_tok_s": {str(r["length"]): r["prefill"]["tokens_per_s"] for r in section["rows"]}}
+
+
+def _first_step_s(results: dict, model: str, variant: str, length: int) -> float | None:
+    """A compiled variant's first decode step at `length` (the first length: the compile included)."""
+    rows = _rows(results, model=model, variant=variant, batch=1, length=length)
+    return rows[0]["decode"].get("first_step_s") if rows else None
 
 
 def _cache_mb(results: dict, model: str, variant: str, length: int) -> float | None:
@@ -151,7 +164,9 @@ def plot_model(results: dict, path: Path) -> None:
     series = sorted({(r["model"], _variant(r), r["batch"]) for r in results["rows"]})
     for model, variant, batch in series:
         rows = sorted(_rows(results, model=model, variant=variant, batch=batch), key=lambda r: r["length"])
-        style = dict(marker="o", linestyle=LINESTYLES.get(variant, "-"), color="C0" if model == "base" else "C1",
+        style = dict(marker="^" if variant.endswith(", compiled") else "o",
+                     linestyle=LINESTYLES.get(variant.removesuffix(", compiled"), "-"),
+                     color="C0" if model == "base" else "C1",
                      alpha=1.0 if batch == min(r["batch"] for r in results["rows"]) else 0.55,
                      label=f"{model} {variant} B={batch}")
         lengths = [r["length"] for r in rows]

@@ -34,14 +34,17 @@ from .cache import LigerCacheLayer
 
 
 @contextmanager
-def compiled_decode(model: nn.Module, backend: str = "inductor", mode: str | None = None) -> Iterator[nn.Module]:
+def compiled_decode(model: nn.Module, backend: str = "inductor", mode: str | None = None,
+                    options: dict | None = None) -> Iterator[nn.Module]:
     """Within the block, `model`'s steady single-token forwards (module docstring) run `torch.compile`d
-    (`dynamic=True`; `backend` and `mode` as torch.compile takes them); everything else runs eagerly. Use it around
-    inference: `with compiled_decode(model): model.generate(...)`. On exit `model.forward` is the eager one again."""
+    (`dynamic=True`; `backend`, `mode` or `options` as torch.compile takes them); everything else runs eagerly. Use
+    it around inference: `with compiled_decode(model): model.generate(...)`. On exit `model.forward` is the eager one
+    again. The defaults won on a CPU (README: Speed and memory); `options={"cpp_wrapper": True}` calls the kernels
+    from C++ instead of Python, a few percent faster there after a longer compile."""
     if backend == "inductor" and next(model.parameters()).device.type == "cpu":
         check_cpp_compiler()
     eager = model.forward
-    compiled = torch.compile(eager, dynamic=True, backend=backend, mode=mode)
+    compiled = torch.compile(eager, dynamic=True, backend=backend, mode=mode, options=options)
 
     @functools.wraps(eager)  # generate() reads forward's signature
     def forward(*args, **kwargs):
@@ -74,14 +77,21 @@ def check_cpp_compiler() -> None:
 
 
 def _contiguous_cache(cache: Cache) -> None:
-    """Make every cache tensor contiguous (a copy only where it is not). The compiled graph guards on strides, and
-    its own cache outputs are contiguous (`LigerCacheLayer.advance`) while an eager step leaves slices: without this
-    the first compiled step after an eager one would compile the whole model a second time."""
+    """Give every cache tensor its own contiguous storage (a copy only where it is a view or not contiguous). The
+    compiled graph guards on strides and on a view's base, and its own cache outputs are contiguous tensors of their
+    own (`LigerCacheLayer.advance`), while an eager step leaves slices: without this the first compiled step after an
+    eager one would compile the whole model a second time."""
     for layer in cache.layers:
         if isinstance(layer, LigerCacheLayer):
-            layer.map_tensors(torch.Tensor.contiguous)
+            layer.map_tensors(_own_storage)
         elif isinstance(getattr(layer, "keys", None), torch.Tensor):
-            layer.keys, layer.values = layer.keys.contiguous(), layer.values.contiguous()
+            layer.keys, layer.values = _own_storage(layer.keys), _own_storage(layer.values)
+
+
+def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.is_contiguous() and not tensor._is_view():
+        return tensor
+    return tensor.clone(memory_format=torch.contiguous_format)
 
 
 def is_steady_step(args: tuple, kwargs: dict) -> bool:

@@ -206,7 +206,7 @@ def _blocked_attention(q, k, v, window, scale, key_valid, sinks: Sinks | None, w
     # A query whose band holds no valid key (left padding) gets 0 from SDPA, as from the reference.
     out = F.scaled_dot_product_attention(
         *(x.float().transpose(1, 2) for x in (q_blocks, k_blocks, v_blocks)),
-        attn_mask=allowed.flatten(0, 1)[:, None], scale=scale, enable_gqa=q.shape[2] != k.shape[2],
+        attn_mask=allowed.flatten(0, 1)[:, None], scale=scale, enable_gqa=bool(q.shape[2] != k.shape[2]),
     )
     return out.transpose(1, 2).unflatten(0, (batch, -1)).flatten(1, 2)[:, :length].to(q.dtype)
 
@@ -226,19 +226,22 @@ def _single_query_attention(q, k, v, scale, key_valid, sinks: Sinks | None, with
         before = sinks.valid & (sinks.positions < 0)
         k, v = torch.cat([sinks.keys, k], dim=1), torch.cat([sinks.values, v], dim=1)
         key_valid = torch.cat([before, key_valid], dim=1)
-    if key_valid is not None and bool(key_valid.all()):
+    # Both data-dependent checks would split a compiled graph, and neither is needed there: `compiled_decode` only
+    # compiles steps whose current key is real, so every row has a valid key, and the mask is exact when all are.
+    checks = not torch.compiler.is_compiling()
+    if checks and key_valid is not None and bool(key_valid.all()):
         key_valid = None
     if with_lse:
         allowed = None if key_valid is None else key_valid[:, None, None, None, :]
         return _attend(q, k, v, allowed, scale, True)
     mask = None
     if key_valid is not None:
-        if not bool(key_valid.any(-1).all()):
+        if checks and not bool(key_valid.any(-1).all()):
             return None
         mask = key_valid[:, None, None, :]
     q_heads, k_heads, v_heads = (t.float().transpose(1, 2) for t in (q, k, v))
     out = F.scaled_dot_product_attention(q_heads, k_heads, v_heads, attn_mask=mask, scale=scale,
-                                         enable_gqa=q.shape[2] != k.shape[2])
+                                         enable_gqa=bool(q.shape[2] != k.shape[2]))  # a SymBool when compiled
     return out.transpose(1, 2).to(q.dtype)
 
 
