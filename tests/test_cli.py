@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -118,6 +119,26 @@ def test_atomic_directory_leaves_the_previous_output_when_interrupted(tmp_path):
     with pytest.raises(OutputExistsError):
         with atomic_directory(target):
             pass
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_outputs_get_the_permissions_of_a_plain_write(tmp_path, umask):
+    """Written through temporary files, outputs still get what open() / mkdir would give under the umask (mkstemp
+    alone makes them 0600, mkdtemp 0700: unreadable to a colleague on a shared machine)."""
+    from liger_lm.io import write_text_atomic
+
+    previous = os.umask(umask)
+    try:
+        write_text_atomic(tmp_path / "report.md", "text")
+        with atomic_directory(tmp_path / "model") as staging:
+            (staging / "config.json").write_text("{}")
+        (tmp_path / "plain.md").write_text("text")
+        (tmp_path / "plain").mkdir()
+    finally:
+        os.umask(previous)
+    mode = lambda name: (tmp_path / name).stat().st_mode & 0o777  # noqa: E731
+    assert mode("report.md") == mode("plain.md") == 0o666 & ~umask
+    assert mode("model") == mode("plain") == 0o777 & ~umask
 
 
 def test_token_validity_reads_every_mask_format():

@@ -146,6 +146,7 @@ def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Pa
         raise OutputExistsError(f"{target} already exists; {OVERWRITE_HINT}")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the output from the user's group
     try:
         yield staging
         replace_folder(staging, target)
@@ -173,11 +174,18 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
     os.close(handle)
+    os.chmod(staging, 0o666 & ~_umask())  # as open() would create it, not mkstemp's 0600
     try:
         yield Path(staging)
         os.replace(staging, path)
     finally:
         Path(staging).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
