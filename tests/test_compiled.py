@@ -29,15 +29,20 @@ def frame_compiles():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("preset", [DEFAULT_PRESET, "paper", None], ids=[DEFAULT_PRESET, "paper", "base"])
+CASES = {DEFAULT_PRESET: PRESETS[DEFAULT_PRESET].liger, "paper": PRESETS["paper"].liger,
+         "hybrid": {**PRESETS[DEFAULT_PRESET].liger, "softmax_layers": [1]}, "base": None}
+
+
+@pytest.mark.parametrize("case", CASES)
 @torch.no_grad()
-def test_compiled_generate_gives_the_eager_tokens_and_compiles_once(preset, frame_compiles):
+def test_compiled_generate_gives_the_eager_tokens_and_compiles_once(case, frame_compiles):
     """Greedy generate of a left-padded batch: a prompt shorter than the window (its first steps fill the buffer and
     the sinks eagerly), then steady steps through inductor, the padded row's window still holding its padding. The
-    default preset takes the fused step, the paper's the general one; the base model's KV cache grows every step."""
+    default preset takes the fused step, the paper's the general one, the hybrid keeps a softmax layer (and the mask
+    with it); the base model's KV cache grows every step."""
     model = tiny_model("llama")
-    if preset:
-        model = liger_lm.convert(model, **{**PRESETS[preset].liger, "window": 12})
+    if CASES[case] is not None:
+        model = liger_lm.convert(model, **{**CASES[case], "window": 12})
     ids, mask = _left_padded_prompts()
     greedy = dict(attention_mask=mask, max_new_tokens=30, do_sample=False, pad_token_id=0)
     eager = model.generate(ids, **greedy)

@@ -148,4 +148,6 @@ def token_validity(attention_mask, length: int) -> torch.Tensor | None:
         valid = row if row.dtype == torch.bool else row == 0  # additive masks: 0 keeps, −inf/min drops
     else:
         raise ValueError(f"unsupported attention mask shape {tuple(attention_mask.shape)}; expected 2D or 4D")
+    if torch.compiler.is_compiling():
+        return valid  # the all-real shortcut below would split a compiled graph; the mask is exact either way
     return None if bool(valid.all()) else valid

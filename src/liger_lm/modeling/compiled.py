@@ -9,8 +9,8 @@ Only steps whose shapes stay put from one token to the next go through the compi
 and every Liger layer `steady` (window buffer full, sinks stored), so a converted model compiles one graph per batch
 size. The KV layers of an unconverted model grow by one token a step; `dynamic=True` makes their length symbolic
 from the start, so they do not recompile either. Prefill, and the first steps after a prompt shorter than the
-window, run eagerly. A model that kept softmax layers (`softmax_layers`) passes its mask on, and each Liger layer's
-all-real check then splits the graph: still correct, less fused.
+window, run eagerly. A model that kept softmax layers (`softmax_layers`) passes its mask on; the Liger layers then
+skip their all-real checks while compiled (`token_validity`), so it too compiles into one graph.
 
 The first compiled step compiles (minutes on a slow CPU; inductor's on-disk cache shortens later runs), so this pays
 off for long generations, not for a few tokens.
