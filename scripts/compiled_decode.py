@@ -1,6 +1,6 @@
-"""Batch-1 decode speed, eager against `compiled_decode` (torch.compile, inductor), base model and default preset.
+"""Batch-1 decode speed, eager against `compiled_decode` (inductor): the base model and a preset's conversion.
 
-    python scripts/compiled_decode.py [--lengths 1024,16384] [--steps 24] [--weights int8]
+    python scripts/compiled_decode.py [--lengths 1024,16384] [--steps 24] [--weights int8] [--preset paper]
 
 Default model, fp32 (`--weights`: the converted model's linear layers int8 or bf16, `quantize_for_decode`; the base
 model stays fp32), untrained conversion, inside `decode_layout`. Per context length: the base model continues a
@@ -34,11 +34,12 @@ def main() -> None:
     parser.add_argument("--lengths", default="1024,16384")
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--weights", default="fp32", choices=FORMATS)
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS)
     args = parser.parse_args()
     lengths = [int(n) for n in args.lengths.split(",")]
     base, _ = liger_lm.load_default_model()
-    liger = quantize_for_decode(liger_lm.convert(copy.deepcopy(base), **PRESETS[DEFAULT_PRESET].liger), args.weights)
-    eager = {"base": base, DEFAULT_PRESET: liger}
+    liger = quantize_for_decode(liger_lm.convert(copy.deepcopy(base), **PRESETS[args.preset].liger), args.weights)
+    eager = {"base": base, args.preset: liger}
     compiled = {name: copy.deepcopy(model) for name, model in eager.items()}
     cpu = torch.device("cpu")
     with torch.no_grad(), ExitStack() as stack:
