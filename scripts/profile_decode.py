@@ -1,16 +1,22 @@
 """Where a Liger decode step spends its time (README, Speed and memory): ms per token and the top ops.
 
-Usage: python scripts/profile_decode.py [--lengths 1024,8192] [--steps 10] [--preset shared]
-Default model converted with a preset's settings (the default preset unless `--preset`), batch 1, fp32, inside
-`liger_lm.decode_layout` (as `liger generate` and `liger bench` decode); each length is a real prefill, then timed
-single-token steps; the torch.profiler table is for 3 steps at the last length. Last, the operators one attention
-layer dispatches in a decode step (counted with a `TorchDispatchMode`: the same on every machine).
+Usage: python scripts/profile_decode.py [--lengths 1024,8192] [--steps 10] [--preset shared] [--weights int8]
+                                        [--compile [--inductor-options '{"cpp.enable_kernel_profile": true}']]
+Default model converted with a preset's settings (the default preset unless `--preset`), batch 1, fp32 activations
+(`--weights`: the linear layers' format, `quantize_for_decode`), inside `liger_lm.decode_layout` (as `liger generate`
+and `liger bench` decode); each length is a real prefill, then timed single-token steps; the torch.profiler table is
+for 3 steps at the last length. Last, the operators one attention layer dispatches in a decode step (counted with a
+`TorchDispatchMode`: the same on every machine). `--compile` runs the steps through `compiled_decode` instead (the
+first warm-up step compiles; `--inductor-options` go to torch.compile, the option above names each generated kernel
+in the profile) and skips the operator count, which is the eager step's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from contextlib import nullcontext
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -19,7 +25,9 @@ from transformers import DynamicCache
 
 import liger_lm
 from liger_lm.compat import with_cache
+from liger_lm.modeling.compiled import compiled_decode
 from liger_lm.presets import DEFAULT_PRESET, PRESETS
+from liger_lm.quantize import FORMATS, quantize_for_decode
 
 
 def main() -> None:
@@ -28,14 +36,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
     parser.add_argument("--rows", type=int, default=12, help="operators in the profile table")
+    parser.add_argument("--weights", default="fp32", choices=FORMATS)
+    parser.add_argument("--compile", action="store_true", help="steps through liger_lm.compiled_decode")
+    parser.add_argument("--inductor-options", type=json.loads, default=None, help="JSON, with --compile")
     args = parser.parse_args()
     model, _ = liger_lm.load_default_model()
-    liger_lm.convert(model, **PRESETS[args.preset].liger)
-    with torch.no_grad(), liger_lm.decode_layout(model):
-        profile_decode(model, [int(n) for n in args.lengths.split(",")], args.steps, args.rows)
+    model = quantize_for_decode(liger_lm.convert(model, **PRESETS[args.preset].liger), args.weights)
+    compiled = compiled_decode(model, options=args.inductor_options) if args.compile else nullcontext()
+    with torch.no_grad(), liger_lm.decode_layout(model), compiled:
+        profile_decode(model, [int(n) for n in args.lengths.split(",")], args.steps, args.rows,
+                       count_operators=not args.compile)
 
 
-def profile_decode(model, lengths: list[int], steps: int, rows: int) -> None:
+def profile_decode(model, lengths: list[int], steps: int, rows: int, count_operators: bool = True) -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     step = torch.tensor([[5]])
     for length in lengths:
@@ -54,7 +67,8 @@ def profile_decode(model, lengths: list[int], steps: int, rows: int) -> None:
         for _ in range(3):
             model(step, **with_cache(cache), use_cache=True)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
-    print(f"operators dispatched by one attention layer in a decode step: {layer_operators(model, cache, step)}")
+    if count_operators:
+        print(f"operators dispatched by one attention layer in a decode step: {layer_operators(model, cache, step)}")
 
 
 class _OperatorCount(TorchDispatchMode):
