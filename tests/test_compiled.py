@@ -95,13 +95,17 @@ def test_generate_compile_prints_the_eager_text(tiny_model_dir, tmp_path, monkey
     assert sum(steady) >= 8  # the steps after the sinks left the window buffer ran compiled
 
 
-def test_generate_compile_without_a_cpp_compiler_fails_in_one_line(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("command", ["generate", "bench"])
+def test_compile_without_a_cpp_compiler_fails_in_one_line(command, tiny_model_dir, tmp_path):
     import os
     import subprocess
     import sys
 
+    args = {"generate": ["generate", str(tiny_model_dir), "--prompt", "w5"],
+            "bench": ["bench", "--model", str(tiny_model_dir), "--out", str(tmp_path / "bench")]}[command]
     env = {key: value for key, value in os.environ.items() if key != "CXX"} | {"PATH": str(tmp_path)}  # no g++
-    done = subprocess.run([sys.executable, "-m", "liger_lm", "generate", str(tiny_model_dir), "--prompt", "w5",
-                           "--compile"], capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run([sys.executable, "-m", "liger_lm", *args, "--compile"], capture_output=True, text=True,
+                          timeout=300, env=env)
     assert done.returncode == 2
     assert "needs a C++ compiler (g++ or clang++) on PATH" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "bench").exists()  # refused before any output
