@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -145,8 +146,8 @@ def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Pa
     if target.exists() and not overwrite:
         raise OutputExistsError(f"{target} already exists; {OVERWRITE_HINT}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the output from the user's group
+    staging = _staging_path(target)
+    staging.mkdir()  # the user's umask applies, as to any folder (mkdtemp's 0700 would hide it from their group)
     try:
         yield staging
         replace_folder(staging, target)
@@ -172,9 +173,8 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     it is renamed onto `path`, on error removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    os.chmod(staging, 0o666 & ~_umask())  # as open() would create it, not mkstemp's 0600
+    staging = _staging_path(path, path.suffix)
+    os.close(os.open(staging, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # umask applies, as for open()
     try:
         yield Path(staging)
         os.replace(staging, path)
@@ -182,10 +182,9 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         Path(staging).unlink(missing_ok=True)
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
+def _staging_path(target: Path, suffix: str = "") -> Path:
+    """A fresh name beside `target` for the output under construction: `.NAME.tmp-<random><suffix>`."""
+    return target.parent / f".{target.name}.tmp-{secrets.token_hex(6)}{suffix}"
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -112,11 +112,10 @@ class BenchOptions:
             raise BenchmarkError(f"--max-seconds must be > 0, got {self.max_seconds}")
         if not self.lengths or not self.batches:
             raise BenchmarkError("--lengths and --batch need at least one value each")
-        if self.compile and not self.ops and self.torch_device().type == "cpu":
+        if self.torch_device().type == "cpu" and self.compile and not self.ops:
             from ..modeling.compiled import check_cpp_compiler
 
             check_cpp_compiler()
-        self.torch_device()
 
     def torch_device(self) -> torch.device:
         from ..hardware import resolve_device

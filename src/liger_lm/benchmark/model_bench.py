@@ -38,11 +38,12 @@ from transformers import DynamicCache
 
 from ..compat import with_cache
 from ..config import LigerConfig
-from ..modeling.cache import LigerCacheLayer, cache_bytes
-from ..modeling.compiled import compiled_decode
+from ..modeling.cache import cache_bytes
+from ..modeling.compiled import compiled_decode, is_steady_step
 from ..modeling.layout import decode_layout
 from ..quantize import QuantizedLinear, quantize_for_decode
 from .measure import PeakMemory, interleaved_medians, read_rate, repeat_median, timed
+from .report import COMPILED
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 WARMUP_TOKENS = 64
@@ -63,9 +64,10 @@ class ModelBenchSettings:
     compile: bool = False
 
 
-def variant_name(dtype: str, weights: str) -> str:
-    """A row's variant: the model dtype with plain weights, else '<format>-weights' (fp32 activations)."""
-    return dtype if weights == "fp32" else f"{weights}-weights"
+def variant_name(dtype: str, weights: str, compiled: bool = False) -> str:
+    """A row's variant: the model dtype with plain weights, else '<format>-weights' (fp32 activations); then
+    ', compiled' for decode through `compiled_decode`."""
+    return (dtype if weights == "fp32" else f"{weights}-weights") + (COMPILED if compiled else "")
 
 
 def decode_read_bytes(model) -> int:
@@ -194,7 +196,7 @@ def _stand_in_cache(model, kind: str, batch: int, length: int, settings: ModelBe
 
 def _compiled_rows(model, kind: str, dtype: str, weights: str, settings: ModelBenchSettings, device, log) -> list:
     """Batch-1 decode rows of `model` inside `compiled_decode`, one per length (module docstring)."""
-    variant = f"{variant_name(dtype, weights)}, compiled"
+    variant = variant_name(dtype, weights, compiled=True)
     rows = []
     with torch.no_grad(), compiled_decode(model):
         for length in settings.lengths:
@@ -202,9 +204,10 @@ def _compiled_rows(model, kind: str, dtype: str, weights: str, settings: ModelBe
                 cache, context = _prefill(model, _token_ids(model, 1, length)), f"after a real prefill of {length} tokens"
             else:
                 cache, context = _stand_in_cache(model, kind, 1, length, settings)
-            first_step_s, _ = timed(_greedy_step(model, cache, _token_ids(model, 1, 1)), device)
+            token = _token_ids(model, 1, 1)
+            first_step_s, _ = timed(_greedy_step(model, cache, token), device)
             # Only steady steps are compiled (`compiled_decode`); say so where a short Liger prefill is not steady.
-            steady = all(layer.steady for layer in cache.layers if isinstance(layer, LigerCacheLayer))
+            steady = is_steady_step((token,), with_cache(cache))
             decode = measure_decode(model, cache, 1, settings, device, context)
             rows.append({"model": kind, "dtype": dtype, "weights": weights, "variant": variant, "batch": 1,
                          "length": length, "prefill": None, "compiled": steady,
@@ -278,8 +281,8 @@ def run_model_benchmark(model, liger: LigerConfig, settings: ModelBenchSettings,
                     weights_mb[variant] = _weights_mb(net, parameters, dtype, weights)
                     read_mb[variant] = round(decode_read_bytes(net) / 2**20, 3)
                     if settings.compile:
-                        weights_mb[f"{variant}, compiled"] = weights_mb[variant]
-                        read_mb[f"{variant}, compiled"] = read_mb[variant]
+                        compiled = variant_name(dtype, weights, compiled=True)
+                        weights_mb[compiled], read_mb[compiled] = weights_mb[variant], read_mb[variant]
                 _warm_up(net, device)
                 liger_caches = {}
                 for batch in settings.batches:

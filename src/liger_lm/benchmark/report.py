@@ -8,6 +8,9 @@ from typing import Callable
 from ..io import atomic_file, write_json_atomic
 
 
+COMPILED = ", compiled"  # the suffix of a variant decoded through `compiled_decode` (`model_bench.variant_name`)
+
+
 def _variant(row: dict) -> str:
     return row.get("variant", row["dtype"])  # rows written before weight formats existed name only a dtype
 
@@ -17,9 +20,10 @@ def _rows(results: dict, variant: str | None = None, **match) -> list[dict]:
             and (variant is None or _variant(r) == variant)]
 
 
-def _decode(results: dict, model: str, variant: str, batch: int, length: int) -> float | None:
+def _decode(results: dict, model: str, variant: str, batch: int, length: int, key: str = "tokens_per_s"):
+    """One value of a row's decode measurement (tok/s unless `key`), None where the row was not measured."""
     rows = _rows(results, model=model, variant=variant, batch=batch, length=length)
-    return rows[0]["decode"]["tokens_per_s"] if rows else None
+    return rows[0]["decode"].get(key) if rows else None
 
 
 def _llama_cpp_decode(results: dict, length: int) -> float | None:
@@ -40,27 +44,28 @@ def model_summary(results: dict) -> dict:
     short, long = lengths[0], lengths[-1]
     summary: dict = {"lengths": [short, long]}
     read_mb = results.get("decode_read_mb", {})
+    memory_read_gb_s = (results.get("memory_read") or {}).get("gb_s")
     for variant, weights_mb in results["weights_mb"].items():
         liger_short = _decode(results, "liger", variant, 1, short)
         # Each batch-1 step reads every linear layer's weights once: tok/s × those bytes is the bandwidth reached.
         step_mb = read_mb.get(variant, weights_mb)
+        weight_read_gb_s = liger_short * step_mb * 2**20 / 1e9 if liger_short else None
         per_variant = {
             "liger_decode_b1_tok_s": {str(n): _decode(results, "liger", variant, 1, n) for n in lengths},
             f"liger_decode_b1_speed_{long}_over_{short}": _ratio(_decode(results, "liger", variant, 1, long),
                                                                  liger_short),
             # the same ratio with the lengths' steps interleaved (robust to a machine's drift between rows)
             "liger_decode_b1_interleaved": results.get("liger_b1_decode_interleaved", {}).get(variant),
-            "liger_decode_b1_weight_read_gb_s": round(liger_short * step_mb * 2**20 / 1e9, 2) if liger_short else None,
+            "liger_decode_b1_weight_read_gb_s": round(weight_read_gb_s, 2) if weight_read_gb_s else None,
             # ... and its share of what the memory reads per second (1.0 = the step only waits for its weights)
-            "liger_decode_b1_bandwidth_fraction": _ratio(liger_short * step_mb * 2**20 / 1e9 if liger_short else None,
-                                                         (results.get("memory_read") or {}).get("gb_s")),
+            "liger_decode_b1_bandwidth_fraction": _ratio(weight_read_gb_s, memory_read_gb_s),
             "weights_mb": weights_mb,
             "decode_read_mb": step_mb,
             "liger_over_base_decode": {f"batch{b}_len{n}": _ratio(_decode(results, "liger", variant, b, n),
                                                                   _decode(results, "base", variant, b, n))
                                        for b in batches for n in lengths},
             "liger_prefill_per_token_time_ratio": _prefill_scaling(results, variant, short, long),
-            "cache_mb_b1": {model: {str(n): _cache_mb(results, model, variant, n) for n in lengths}
+            "cache_mb_b1": {model: {str(n): _decode(results, model, variant, 1, n, "cache_mb") for n in lengths}
                             for model in ("base", "liger")},
         }
         if variant != "fp32":
@@ -71,11 +76,11 @@ def model_summary(results: dict) -> dict:
             per_variant["liger_over_llama_cpp_decode_b1"] = {
                 str(n): _ratio(_decode(results, "liger", variant, 1, n), _llama_cpp_decode(results, n))
                 for n in lengths}
-        if variant.endswith(", compiled"):
-            per_variant["first_step_s"] = {model: _first_step_s(results, model, variant, short)
+        if variant.endswith(COMPILED):  # the first length's first step includes the compile
+            per_variant["first_step_s"] = {model: _decode(results, model, variant, 1, short, "first_step_s")
                                            for model in ("base", "liger")}
         summary[variant] = per_variant
-    summary["memory_read_gb_s"] = (results.get("memory_read") or {}).get("gb_s")
+    summary["memory_read_gb_s"] = memory_read_gb_s
     summary["llama_cpp"] = _llama_cpp_summary(results.get("llama_cpp"))
     forward = results.get("throughput", {})
     if forward:
@@ -102,17 +107,6 @@ def _llama_cpp_summary(section: dict | None) -> dict:
     return {"available": True, "weights": section.get("weights"), "threads": section.get("threads"),
             "decode_b1_tok_s": {str(r["length"]): r["decode"]["tokens_per_s"] for r in section["rows"]},
             "prefill_b1_tok_s": {str(r["length"]): r["prefill"]["tokens_per_s"] for r in section["rows"]}}
-
-
-def _first_step_s(results: dict, model: str, variant: str, length: int) -> float | None:
-    """A compiled variant's first decode step at `length` (the first length: the compile included)."""
-    rows = _rows(results, model=model, variant=variant, batch=1, length=length)
-    return rows[0]["decode"].get("first_step_s") if rows else None
-
-
-def _cache_mb(results: dict, model: str, variant: str, length: int) -> float | None:
-    rows = _rows(results, model=model, variant=variant, batch=1, length=length)
-    return rows[0]["decode"]["cache_mb"] if rows else None
 
 
 def _prefill_scaling(results: dict, variant: str, short: int, long: int) -> dict | None:
@@ -164,8 +158,8 @@ def plot_model(results: dict, path: Path) -> None:
     series = sorted({(r["model"], _variant(r), r["batch"]) for r in results["rows"]})
     for model, variant, batch in series:
         rows = sorted(_rows(results, model=model, variant=variant, batch=batch), key=lambda r: r["length"])
-        style = dict(marker="^" if variant.endswith(", compiled") else "o",
-                     linestyle=LINESTYLES.get(variant.removesuffix(", compiled"), "-"),
+        style = dict(marker="^" if variant.endswith(COMPILED) else "o",
+                     linestyle=LINESTYLES.get(variant.removesuffix(COMPILED), "-"),
                      color="C0" if model == "base" else "C1",
                      alpha=1.0 if batch == min(r["batch"] for r in results["rows"]) else 0.55,
                      label=f"{model} {variant} B={batch}")
