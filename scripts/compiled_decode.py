@@ -1,9 +1,11 @@
 """Batch-1 decode speed, eager against `compiled_decode` (inductor): the base model and a preset's conversion.
 
     python scripts/compiled_decode.py [--lengths 1024,16384] [--steps 24] [--weights int8] [--preset paper]
+                                      [--separate]
 
 Default model, fp32 (`--weights`: the converted model's linear layers int8 or bf16, `quantize_for_decode`; the base
-model stays fp32), untrained conversion, inside `decode_layout`. Per context length: the base model continues a
+model stays fp32), untrained conversion, inside `decode_layout` (`--separate`: the converted model also a second time with q/k/v and
+gate/up read separately, `decode_layout(fuse=False)`, eager and compiled). Per context length: the base model continues a
 real prefill at the shortest length and a cache of random keys/values beyond it (a step's cost depends only on the
 cache length, as in `liger bench`); the Liger model continues a real prefill of that length. First each model's
 compiled copy takes one step from a copy of the eager model's cache: its compile time and the largest logit
@@ -35,16 +37,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--weights", default="fp32", choices=FORMATS)
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS)
+    parser.add_argument("--separate", action="store_true", help="also the converted model with unfused projections")
     args = parser.parse_args()
     lengths = [int(n) for n in args.lengths.split(",")]
     base, _ = liger_lm.load_default_model()
     liger = quantize_for_decode(liger_lm.convert(copy.deepcopy(base), **PRESETS[args.preset].liger), args.weights)
     eager = {"base": base, args.preset: liger}
+    if args.separate:
+        eager[f"{args.preset}, separate"] = copy.deepcopy(liger)
     compiled = {name: copy.deepcopy(model) for name, model in eager.items()}
     cpu = torch.device("cpu")
     with torch.no_grad(), ExitStack() as stack:
-        for model in (*eager.values(), *compiled.values()):
-            stack.enter_context(liger_lm.decode_layout(model))
+        for name, model in (*eager.items(), *compiled.items()):
+            stack.enter_context(liger_lm.decode_layout(model, fuse=not name.endswith("separate")))
         for model in compiled.values():
             stack.enter_context(compiled_decode(model))
         for length in lengths:

@@ -2,9 +2,10 @@
 
 Usage: python scripts/profile_decode.py [--lengths 1024,8192] [--steps 10] [--preset shared] [--weights int8]
                                         [--compile [--inductor-options '{"cpp.enable_kernel_profile": true}']]
+                                        [--no-fuse]
 Default model converted with a preset's settings (the default preset unless `--preset`), batch 1, fp32 activations
 (`--weights`: the linear layers' format, `quantize_for_decode`), inside `liger_lm.decode_layout` (as `liger generate`
-and `liger bench` decode); each length is a real prefill, then timed single-token steps; the torch.profiler table is
+and `liger bench` decode; `--no-fuse`: with q/k/v and gate/up read separately); each length is a real prefill, then timed single-token steps; the torch.profiler table is
 for 3 steps at the last length. Last, the operators one attention layer dispatches in a decode step (counted with a
 `TorchDispatchMode`: the same on every machine). `--compile` runs the steps through `compiled_decode` instead (the
 first warm-up step compiles; `--inductor-options` go to torch.compile, the option above names each generated kernel
@@ -39,11 +40,12 @@ def main() -> None:
     parser.add_argument("--weights", default="fp32", choices=FORMATS)
     parser.add_argument("--compile", action="store_true", help="steps through liger_lm.compiled_decode")
     parser.add_argument("--inductor-options", type=json.loads, default=None, help="JSON, with --compile")
+    parser.add_argument("--no-fuse", dest="fuse", action="store_false", help="decode_layout(fuse=False)")
     args = parser.parse_args()
     model, _ = liger_lm.load_default_model()
     model = quantize_for_decode(liger_lm.convert(model, **PRESETS[args.preset].liger), args.weights)
     compiled = compiled_decode(model, options=args.inductor_options) if args.compile else nullcontext()
-    with torch.no_grad(), liger_lm.decode_layout(model), compiled:
+    with torch.no_grad(), liger_lm.decode_layout(model, fuse=args.fuse), compiled:
         profile_decode(model, [int(n) for n in args.lengths.split(",")], args.steps, args.rows,
                        count_operators=not args.compile)
 

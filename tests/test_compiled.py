@@ -47,7 +47,7 @@ def test_compiled_generate_gives_the_eager_tokens_and_compiles_once(case, frame_
     greedy = dict(attention_mask=mask, max_new_tokens=30, do_sample=False, pad_token_id=0)
     eager = model.generate(ids, **greedy)
     compiled_model = copy.deepcopy(model)
-    with compiled_decode(compiled_model):
+    with liger_lm.decode_layout(compiled_model), compiled_decode(compiled_model):  # as `liger generate` runs it
         tokens = compiled_model.generate(ids, **greedy)
     assert torch.equal(tokens, eager)
     assert frame_compiles() == 1  # one graph for every steady step: no recompile as positions and masks grow

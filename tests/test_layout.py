@@ -1,46 +1,97 @@
-"""`decode_layout`: wide weights column-major inside the block, same results, contiguous and saveable after."""
+"""`decode_layout`: q/k/v and gate/up fused, wide weights column-major inside the block, same results as the
+unmodified model, contiguous weights on their own storage and saveable after."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 import liger_lm
 from conftest import tiny_model
+from liger_lm.quantize import quantize_for_decode
 
 
-def _wide_weights(model):
-    return {name: p for name, p in model.named_parameters() if p.dim() == 2 and p.shape[0] > p.shape[1]}
+def _ids():
+    return torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(0))
+
+
+def _called_projections(model, ids) -> set[str]:
+    """The names of the q/k/v/gate/up/down projections a forward of `model` calls as modules."""
+    called = set()
+    hooks = [module.register_forward_hook(lambda *_, name=name: called.add(name.split(".")[-1]))
+             for name, module in model.named_modules()
+             if name.endswith(("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"))]
+    with torch.no_grad():
+        model(ids)
+    for hook in hooks:
+        hook.remove()
+    return called
 
 
 def test_decode_layout_keeps_results_and_restores_contiguous_weights(tmp_path):
     model = liger_lm.convert(tiny_model("llama", tie_word_embeddings=True))
-    ids = torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(0))
+    ids = _ids()
     with torch.no_grad():
         expected = model(ids).logits
         with liger_lm.decode_layout(model):
-            wide = _wide_weights(model)
-            # gate/up [64, 48] and the tied LM head / embedding [97, 48]; q/o [48, 48] and k/v [24, 48] are not wide
-            assert {n.split(".")[-2] for n in wide} >= {"gate_proj", "up_proj", "embed_tokens"}
-            assert all(p.stride() == (1, p.shape[0]) for p in wide.values())
-            assert model.lm_head.weight is model.model.embed_tokens.weight
+            # the tied LM head / embedding [97, 48] is wide and not fused: column-major on its own
+            embedding = model.model.embed_tokens.weight
+            assert embedding.stride() == (1, 97) and model.lm_head.weight is embedding
+            attention, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+            # q/k/v [48 + 24 + 24, 48] and gate/up [64 + 64, 48] stacked, wide, column-major; members are its rows
+            for fused, first in ((attention.fused_qkv, attention.q_proj), (mlp.fused_gate_up, mlp.gate_proj)):
+                stacked = fused.linear.weight
+                assert stacked.stride() == (1, stacked.shape[0])
+                assert first.weight.data_ptr() == stacked.data_ptr()  # a view: nothing stored twice
             actual = model(ids).logits
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
-    assert all(p.is_contiguous() for p in model.parameters())
-    model.save_pretrained(tmp_path)  # refuses non-contiguous weights
+    assert all(p.is_contiguous() and not p.data._is_view() for p in model.parameters())
+    assert "forward" not in vars(mlp) and attention.fused_qkv is None
+    model.save_pretrained(tmp_path)  # refuses non-contiguous or shared weights
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, expected)
 
 
-def test_decode_layout_restores_after_an_error():
-    model = tiny_model("qwen2")
-    try:
+@pytest.mark.parametrize("fmt", ["fp32", "int8", "bf16"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])  # q/k/v biases; q/k norms
+def test_fused_projections_give_the_separate_results(family, fmt):
+    model = quantize_for_decode(liger_lm.convert(tiny_model(family)), fmt)
+    ids = _ids()
+    with torch.no_grad():
+        expected = model(ids).logits
+        expected_step = model(ids[:, :1]).logits  # M = 2 rows: int8's int8pack kernel, not the prefill path
         with liger_lm.decode_layout(model):
-            raise RuntimeError("interrupted")
-    except RuntimeError:
-        pass
-    assert all(p.is_contiguous() for p in model.parameters())
+            assert _called_projections(model, ids) == {"down_proj"}  # q/k/v and gate/up ran fused
+            actual, actual_step = model(ids).logits, model(ids[:, :1]).logits
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(actual_step, expected_step, rtol=1e-5, atol=1e-5)
+    assert _called_projections(model, ids) == {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_lora_wrapped_projections_are_left_unfused():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(liger_lm.convert(tiny_model("llama")), LoraConfig(r=2, target_modules=["q_proj"]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_()  # a non-zero update: a fused q/k/v would silently drop it
+        expected = model(_ids()).logits
+        with liger_lm.decode_layout(model):
+            assert {"q_proj", "k_proj", "v_proj"} <= _called_projections(model, _ids())
+            assert "gate_proj" not in _called_projections(model, _ids())
+            actual = model(_ids()).logits
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_layout_restores_after_an_error():
+    model = liger_lm.convert(tiny_model("qwen2"))
+    with pytest.raises(RuntimeError, match="interrupted"), liger_lm.decode_layout(model):
+        raise RuntimeError("interrupted")
+    assert all(p.is_contiguous() and not p.data._is_view() for p in model.parameters())
+    assert _called_projections(model, _ids()) == {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"}
 
 
 def test_decode_layout_leaves_non_float_weights_alone():

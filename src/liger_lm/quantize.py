@@ -166,6 +166,25 @@ class QuantizedLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
         self.training = False
 
+    @classmethod
+    def stack(cls, members: list["QuantizedLinear"]) -> "QuantizedLinear":
+        """One module whose output is the members' outputs side by side (same format and in_features; no bias:
+        the caller stacks biases). Their stored values are concatenated, not quantised again: int8 scales are per
+        output row, so the result computes exactly what the members do."""
+        stacked = cls.__new__(cls)
+        nn.Module.__init__(stacked)
+        first = members[0]
+        stacked.fmt, stacked.in_features = first.fmt, first.in_features
+        stacked.out_features = sum(m.out_features for m in members)
+        stacked.weight = nn.Parameter(torch.cat([m.weight.detach() for m in members]), requires_grad=False)
+        if first.fmt == "int8":
+            stacked.weight_scale = nn.Parameter(torch.cat([m.weight_scale.detach() for m in members]),
+                                                requires_grad=False)
+            stacked.register_buffer("_scale_bf16", torch.cat([m._scale_bf16 for m in members]), persistent=False)
+        stacked.bias = None
+        stacked.training = False
+        return stacked
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
         path = choose_path(self.fmt, rows.shape[0], self.in_features, x.device)

@@ -26,6 +26,7 @@ from .cache import LigerCacheLayer, liger_cache_layer
 
 if TYPE_CHECKING:  # the settings import the method registry (`modeling.methods`)
     from ..config import LigerConfig
+    from .layout import FusedProjection
 
 WindowStream = tuple[torch.Tensor, ...]  # keys, values [B, S, H_kv, D], validity [B, S] (+ raw keys [B, S, H_kv, D])
 
@@ -42,6 +43,7 @@ class LinearizedAttention(nn.Module):
     description: ClassVar[str]
     stage_one_modules: ClassVar[tuple[str, ...]] = ()
     with_lora_modules: ClassVar[tuple[str, ...]] = ()
+    fused_qkv: FusedProjection | None = None  # q/k/v read as one weight, set within `decode_layout`
 
     def __init__(self, attention: nn.Module, config: LigerConfig, adapter: ArchitectureAdapter) -> None:
         super().__init__()
@@ -104,9 +106,10 @@ class LinearizedAttention(nn.Module):
     def _project(self, hidden_states: torch.Tensor):
         """q [B, T, H, D], k and v [B, T, H_kv, D]: the raw projections (with bias and q/k norm), no RoPE."""
         shape = (*hidden_states.shape[:-1], -1, self.head_dim)
-        q = self.q_proj(hidden_states).view(shape)
-        k = self.k_proj(hidden_states).view(shape)
-        v = self.v_proj(hidden_states).view(shape)
+        if self.fused_qkv is not None:
+            q, k, v = (x.reshape(shape) for x in self.fused_qkv(hidden_states))
+        else:
+            q, k, v = (proj(hidden_states).view(shape) for proj in (self.q_proj, self.k_proj, self.v_proj))
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
         return q, k, v
