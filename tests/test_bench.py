@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -34,7 +35,8 @@ def test_parse_sizes_rejects_bad_values(text):
         parse_sizes(text, "--lengths")
 
 
-@pytest.mark.parametrize("field,value", [("dtypes", ["fp16"]), ("repeats", 0), ("max_seconds", 0.0), ("device", "tpu")])
+@pytest.mark.parametrize("field,value", [("dtypes", ["fp16"]), ("repeats", 0), ("max_seconds", 0.0), ("device", "tpu"),
+                                         ("llama_cpp_weights", "q4_k")])
 def test_bad_options_raise_one_line_value_errors(tmp_path, field, value):
     options = BenchOptions(out=tmp_path, **{field: value})
     with pytest.raises(BenchmarkError) as err:
@@ -194,9 +196,27 @@ class FakeLlama:
         time.sleep(0.001 * len(tokens))
 
 
+class FakeQuantizeParams(ctypes.Structure):
+    _fields_ = [("nthread", ctypes.c_int32), ("ftype", ctypes.c_int), ("allow_requantize", ctypes.c_bool)]
+
+
+def fake_quantize(source: bytes, target: bytes, params) -> int:
+    """Stands in for llama_cpp.llama_model_quantize: records its call, writes the source's bytes with a prefix."""
+    fields = params._obj
+    call = {"quantize": [source.decode(), target.decode()], "ftype": fields.ftype,
+            "allow_requantize": fields.allow_requantize, "nthread": fields.nthread}
+    with FakeLlama.log.open("a") as handle:
+        handle.write(json.dumps(call) + "\n")
+    Path(target.decode()).write_bytes(b"requantised:" + Path(source.decode()).read_bytes())
+    return 0
+
+
 def _fake_llama_cpp(monkeypatch, tmp_path, crash=False):
     module = type(sys)("llama_cpp")
     module.Llama, module.__version__ = FakeLlama, "0.0-fake"
+    module.llama_model_quantize_default_params, module.llama_model_quantize = FakeQuantizeParams, fake_quantize
+    module.LLAMA_FTYPE_MOSTLY_Q8_0, module.LLAMA_FTYPE_MOSTLY_F16 = 7, 1
+    monkeypatch.setenv("LIGER_LM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(FakeLlama, "log", tmp_path / "llama_calls.jsonl")
     monkeypatch.setattr(FakeLlama, "crash", crash)
     monkeypatch.setattr(llama_cpp, "_import_llama_cpp", lambda: module)
@@ -243,13 +263,45 @@ def test_a_crash_inside_llama_cpp_is_one_line_and_the_benchmark_goes_on(monkeypa
     assert len(lines) == 1 and "\n" not in lines[0] and len(_fake_calls(tmp_path)) == 1
 
 
+def test_llama_cpp_runs_a_requantised_copy_made_once(monkeypatch, tmp_path):
+    """--llama-cpp-weights q8_0: llama.cpp's quantizer writes a Q8_0 copy into the cache (atomically), llama.cpp runs
+    it, and a second run reuses it until the source changes."""
+    _fake_llama_cpp(monkeypatch, tmp_path)
+    source = tmp_path / "tiny.Q4_1.gguf"
+    source.write_bytes(b"stored weights")
+    lines = []
+    section = llama_cpp.run_llama_cpp(str(source), [16], 2, lines.append, threads=3, weights="q8_0")
+    copy = Path(section["gguf"])
+    assert section["available"] and section["weights"] == "Q8_0" and section["requantised_from"] == str(source)
+    assert copy.parent == tmp_path / "cache" / "gguf" and copy.read_bytes() == b"requantised:stored weights"
+    assert [p.name for p in copy.parent.iterdir()] == [copy.name]  # no staging file left behind
+    quantize, run = _fake_calls(tmp_path)
+    assert quantize["ftype"] == 7 and quantize["allow_requantize"] and quantize["nthread"] == 3
+    assert quantize["quantize"][0] == str(source) and run["model_path"] == str(copy)
+    llama_cpp.run_llama_cpp(str(source), [16], 2, lines.append, weights="q8_0")
+    assert "quantize" not in _fake_calls(tmp_path)[-1]  # reused
+    source.write_bytes(b"other weights")
+    again = llama_cpp.run_llama_cpp(str(source), [16], 2, lines.append, weights="q8_0")
+    assert Path(again["gguf"]).read_bytes() == b"requantised:other weights"
+    stored = llama_cpp.run_llama_cpp(str(source), [16], 2, lines.append, weights="stored")
+    assert stored["weights"] == "Q4_1" and stored["requantised_from"] is None
+
+
+def test_llama_cpp_requantising_a_missing_file_is_one_line(monkeypatch, tmp_path):
+    _fake_llama_cpp(monkeypatch, tmp_path)
+    lines = []
+    section = llama_cpp.run_llama_cpp(str(tmp_path / "absent.gguf"), [16], 2, lines.append, weights="q8_0")
+    assert not section["available"] and "could not requantise absent.gguf" in section["reason"]
+    assert len(lines) == 1 and not _fake_calls(tmp_path)
+
+
 def test_model_benchmark_with_weight_formats_and_a_fake_llama_cpp(tmp_path, monkeypatch):
     """int8 / bf16 weight rows beside the fp32 ones, and llama.cpp's rows in the same JSON, summary, table and plot."""
     _fake_llama_cpp(monkeypatch, tmp_path)
     options = BenchOptions(
         out=tmp_path, model="tiny.gguf", lengths=[16, 40], batches=[1], dtypes=["fp32"],
         weights=["fp32", "int8", "bf16"], decode_tokens=2, repeats=1, max_seconds=5.0, short_prefill=12,
-        prefill_token_cap=40, forward_length=24, liger=LigerConfig(window=8),
+        prefill_token_cap=40, forward_length=24, liger=LigerConfig(window=8), llama_cpp_weights="stored",
     )
     results = run_benchmark(options, model=tiny_model("llama"))
     saved = json.loads((tmp_path / "model.json").read_text())

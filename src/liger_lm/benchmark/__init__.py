@@ -90,6 +90,9 @@ class BenchOptions:
                 "compiled': a compile of minutes per model and weight format on a CPU."})
     llama_cpp: bool = field(default=True, metadata={
         "help": "Also run the GGUF through llama-cpp-python when it is installed (CPU only)."})
+    llama_cpp_weights: str = field(default="q8_0", metadata={
+        "help": "GGUF type llama.cpp runs: stored (as the file is; the default model: Q4_1), q8_0 or f16 (requantised "
+                "once by llama.cpp and cached)."})
 
     def validate(self) -> None:
         from ..quantize import FORMATS
@@ -112,6 +115,11 @@ class BenchOptions:
             raise BenchmarkError(f"--max-seconds must be > 0, got {self.max_seconds}")
         if not self.lengths or not self.batches:
             raise BenchmarkError("--lengths and --batch need at least one value each")
+        from .llama_cpp import WEIGHT_CHOICES
+
+        if self.llama_cpp_weights not in WEIGHT_CHOICES:
+            raise BenchmarkError(f"--llama-cpp-weights: unknown {self.llama_cpp_weights!r}; choose from "
+                                 f"{', '.join(WEIGHT_CHOICES)}")
         if self.torch_device().type == "cpu" and self.compile and not self.ops:
             from ..modeling.compiled import check_cpp_compiler
 
@@ -190,4 +198,5 @@ def _llama_cpp(options: BenchOptions, device: torch.device, log: Callable[[str],
         return {"available": False, "reason": "not requested"}
     if device.type != "cpu":
         return {"available": False, "reason": "llama.cpp is compared on the CPU only"}
-    return run_llama_cpp(options.model, options.lengths, options.decode_tokens, log)
+    return run_llama_cpp(options.model, options.lengths, options.decode_tokens, log,
+                         weights=options.llama_cpp_weights)
