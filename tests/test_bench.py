@@ -407,3 +407,14 @@ def test_training_step_speed_runs_every_objective_and_leaves_the_base_model_alon
         assert stage["tokens_per_s"] == pytest.approx(32 / stage["s_per_step"])
     assert not any(hasattr(layer.self_attn, "liger") for layer in base.model.layers)
     assert all(torch.equal(p, before[name]) for name, p in base.state_dict().items())
+
+
+def test_native_output_is_silenced_and_restored(capfd):
+    """llama.cpp's quantizer prints from C straight to the file descriptors: those writes are dropped, and
+    Python's own output works again after the block."""
+    with llama_cpp._native_output_silenced():
+        os.write(1, b"from C to stdout\n")
+        os.write(2, b"from C to stderr\n")
+    os.write(1, b"after\n")
+    out, err = capfd.readouterr()
+    assert out == "after\n" and err == ""

@@ -70,6 +70,23 @@ def test_fused_projections_give_the_separate_results(family, fmt):
     assert _called_projections(model, ids) == {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"}
 
 
+def test_a_model_copied_and_changed_inside_the_block_computes_its_own_weights():
+    """A copy quantised (or a model cast) inside the block must not run the stacked fp32 weights it inherited."""
+    import copy
+
+    model = liger_lm.convert(tiny_model("qwen2"))
+    reference = quantize_for_decode(copy.deepcopy(model), "int8")
+    with torch.no_grad():
+        expected = reference(_ids()).logits
+        with liger_lm.decode_layout(model):
+            quantised = quantize_for_decode(copy.deepcopy(model), "int8")
+            torch.testing.assert_close(quantised(_ids()).logits, expected, rtol=1e-5, atol=1e-5)
+            assert {"q_proj", "gate_proj"} <= _called_projections(quantised, _ids())  # its own int8 layers
+            model.to(torch.float64)
+            assert model(_ids()).logits.dtype == torch.float64
+            model.to(torch.float32)
+
+
 def test_lora_wrapped_projections_are_left_unfused():
     from peft import LoraConfig, get_peft_model
 
@@ -84,6 +101,27 @@ def test_lora_wrapped_projections_are_left_unfused():
             assert "gate_proj" not in _called_projections(model, _ids())
             actual = model(_ids()).logits
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_only_the_families_mlps_are_fused():
+    """A module with gate/up/down projections but its own formula keeps its forward (the fused one is the
+    Llama / Mistral / Qwen2 / Qwen3 MLP's)."""
+
+    class OtherMLP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate_proj, self.up_proj = torch.nn.Linear(4, 8), torch.nn.Linear(4, 8)
+            self.down_proj, self.act_fn = torch.nn.Linear(8, 4), torch.nn.Tanh()
+
+        def forward(self, x):
+            return self.down_proj(self.gate_proj(x) - self.act_fn(self.up_proj(x)))
+
+    model, x = OtherMLP(), torch.randn(3, 4)
+    with torch.no_grad():
+        expected = model(x)
+        with liger_lm.decode_layout(model):
+            assert "forward" not in vars(model)
+            torch.testing.assert_close(model(x), expected)
 
 
 def test_decode_layout_restores_after_an_error():

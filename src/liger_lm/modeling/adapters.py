@@ -50,6 +50,13 @@ ADAPTERS: dict[str, ArchitectureAdapter] = {
 SUPPORTED_CLASSES = ", ".join(a.causal_lm_class.__name__ for a in ADAPTERS.values())
 
 
+def gated_mlp_classes() -> tuple[type, ...]:
+    """The families' MLP classes (`LlamaMLP`, …): each computes down(act(gate(x)) ⊙ up(x)), which is what
+    `decode_layout` reads with gate and up fused."""
+    return tuple(getattr(sys.modules[a.causal_lm_class.__module__], a.causal_lm_class.__name__.replace(
+        "ForCausalLM", "MLP")) for a in ADAPTERS.values())
+
+
 def adapter_for(model: nn.Module) -> ArchitectureAdapter:
     """The adapter of `model`'s family (a converted model maps to its base family)."""
     for adapter in ADAPTERS.values():

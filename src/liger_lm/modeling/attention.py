@@ -106,7 +106,7 @@ class LinearizedAttention(nn.Module):
     def _project(self, hidden_states: torch.Tensor):
         """q [B, T, H, D], k and v [B, T, H_kv, D]: the raw projections (with bias and q/k norm), no RoPE."""
         shape = (*hidden_states.shape[:-1], -1, self.head_dim)
-        if self.fused_qkv is not None:
+        if self.fused_qkv is not None and self.fused_qkv.serves(self.q_proj, self.k_proj, self.v_proj):
             q, k, v = (x.reshape(shape) for x in self.fused_qkv(hidden_states))
         else:
             q, k, v = (proj(hidden_states).view(shape) for proj in (self.q_proj, self.k_proj, self.v_proj))

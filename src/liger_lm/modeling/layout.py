@@ -14,7 +14,8 @@ equal up to fp32 rounding):
     measures both, and the fused against the separate calls; numbers in the README, Speed and memory).
 
 On exit every weight is contiguous and holds its own storage again, because `save_pretrained` and safetensors need
-that.
+that. For inference only: within the block the stacked weights do not require grad, so no gradient reaches q/k/v or
+gate/up.
 """
 
 from __future__ import annotations
@@ -36,8 +37,17 @@ class FusedProjection:
     (biases stacked too, zeros for a member without one); `sizes` are the members' out_features."""
 
     def __init__(self, members: list[nn.Module]) -> None:
+        self.members = tuple(members)
         self.sizes = [m.out_features for m in members]
         self.linear = _stacked(members)
+        self.weight_kind = (members[0].weight.dtype, members[0].weight.device)
+
+    def serves(self, *members: nn.Module) -> bool:
+        """Whether this still computes exactly `members`: the same modules, their weights of the dtype and device
+        they were fused with. A model copied and then quantised, cast or moved inside the block no longer matches,
+        and its owner calls the members one by one."""
+        return len(members) == len(self.members) and all(a is b for a, b in zip(members, self.members)) \
+            and (members[0].weight.dtype, members[0].weight.device) == self.weight_kind
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.linear(x).split(self.sizes, dim=-1)
@@ -74,19 +84,23 @@ def _fusable(members: list[nn.Module]) -> bool:
 
 def _projection_groups(model: nn.Module) -> list[tuple[nn.Module, str, list[nn.Module]]]:
     """(owner, role, members) to fuse: q/k/v of each converted attention ("qkv"), gate/up of each MLP ("gate_up")."""
+    from .adapters import gated_mlp_classes
     from .attention import LinearizedAttention
 
+    mlps = gated_mlp_classes()
     groups = []
     for module in model.modules():
         if isinstance(module, LinearizedAttention):
             groups.append((module, "qkv", [module.q_proj, module.k_proj, module.v_proj]))
-        elif all(hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+        elif isinstance(module, mlps):
             groups.append((module, "gate_up", [module.gate_proj, module.up_proj]))
     return [(owner, role, members) for owner, role, members in groups if _fusable(members)]
 
 
 def _gated_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """down(act(gate(x)) ⊙ up(x)), the Llama / Mistral / Qwen2 / Qwen3 MLP, with gate and up read as one."""
+    if not self.fused_gate_up.serves(self.gate_proj, self.up_proj):
+        return type(self).forward(self, x)
     gate, up = self.fused_gate_up(x)
     return self.down_proj(self.act_fn(gate) * up)
 
