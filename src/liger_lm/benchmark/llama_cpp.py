@@ -26,8 +26,8 @@ import hashlib
 import importlib
 import multiprocessing
 import os
-import sys
 import statistics
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
