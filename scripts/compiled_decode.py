@@ -4,13 +4,13 @@
                                       [--separate]
 
 Default model, fp32 (`--weights`: the converted model's linear layers int8 or bf16, `quantize_for_decode`; the base
-model stays fp32), untrained conversion, inside `decode_layout` (`--separate`: the converted model also a second time with q/k/v and
-gate/up read separately, `decode_layout(fuse=False)`, eager and compiled). Per context length: the base model continues a
-real prefill at the shortest length and a cache of random keys/values beyond it (a step's cost depends only on the
-cache length, as in `liger bench`); the Liger model continues a real prefill of that length. First each model's
-compiled copy takes one step from a copy of the eager model's cache: its compile time and the largest logit
-difference from the eager step are printed. Then the four models take turns, one greedy step each per round
-(`interleaved_medians`), for ratios measured in one run.
+model stays fp32), untrained conversion, inside `decode_layout` (`--separate`: the converted model also a second time
+with q/k/v and gate/up read separately, `decode_layout(fuse=False)`, eager and compiled). Per context length: the base
+model continues a real prefill at the shortest length and a cache of random keys/values beyond it (a step's cost
+depends only on the cache length, as in `liger bench`); the Liger model continues a real prefill of that length. First
+each model's compiled copy takes one step from a copy of the eager model's cache: its compile time and the largest
+logit difference from the eager step are printed. Then the models (four, six with `--separate`) take turns, one greedy
+step each per round (`interleaved_medians`), for ratios measured in one run.
 """
 
 from __future__ import annotations

@@ -5,11 +5,12 @@ Usage: python scripts/profile_decode.py [--lengths 1024,8192] [--steps 10] [--pr
                                         [--no-fuse]
 Default model converted with a preset's settings (the default preset unless `--preset`), batch 1, fp32 activations
 (`--weights`: the linear layers' format, `quantize_for_decode`), inside `liger_lm.decode_layout` (as `liger generate`
-and `liger bench` decode; `--no-fuse`: with q/k/v and gate/up read separately); each length is a real prefill, then timed single-token steps; the torch.profiler table is
-for 3 steps at the last length. Last, the operators one attention layer dispatches in a decode step (counted with a
-`TorchDispatchMode`: the same on every machine). `--compile` runs the steps through `compiled_decode` instead (the
-first warm-up step compiles; `--inductor-options` go to torch.compile, the option above names each generated kernel
-in the profile) and skips the operator count, which is the eager step's.
+and `liger bench` decode; `--no-fuse`: with q/k/v and gate/up read separately); each length is a real prefill, then
+timed single-token steps; the torch.profiler table is for 3 steps at the last length. Last, the operators one
+attention layer dispatches in a decode step (counted with a `TorchDispatchMode`: the same on every machine).
+`--compile` runs the steps through `compiled_decode` instead (the first warm-up step compiles; `--inductor-options` go
+to torch.compile, the option above names each generated kernel in the profile) and skips the operator count, which is
+the eager step's.
 """
 
 from __future__ import annotations
