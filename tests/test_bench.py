@@ -6,7 +6,6 @@ import ctypes
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -157,12 +156,12 @@ def test_bench_times_the_recipe_of_the_preset_whose_conversion_it_measures():
 
 
 def test_cli_bench_ops_and_bad_lengths(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "liger_lm", "bench", "--ops", "--lengths", "20", "--repeats", "1",
-                           "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
+    from conftest import liger_in_process as liger
+
+    done = liger("bench", "--ops", "--lengths", "20", "--repeats", "1", "--out", tmp_path / "b")
     assert done.returncode == 0, done.stderr
     assert "gla_chunked_vs_naive_loop" in done.stdout and (tmp_path / "b" / "ops.json").is_file()
-    bad = subprocess.run([sys.executable, "-m", "liger_lm", "bench", "--ops", "--lengths", "1k,x", "--out",
-                          str(tmp_path / "c")], capture_output=True, text=True, timeout=300)
+    bad = liger("bench", "--ops", "--lengths", "1k,x", "--out", tmp_path / "c")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--lengths" in bad.stderr
     assert not (tmp_path / "c").exists()
 

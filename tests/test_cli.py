@@ -1,4 +1,5 @@
-"""The `liger` command line, run as a real subprocess on a tiny saved model (no downloads)."""
+"""The `liger` command line on a tiny saved model (no downloads): through its entry point in this process
+(`conftest.liger_in_process`), and as a real `python -m liger_lm` subprocess where the process itself is tested."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import liger_lm
+from conftest import liger_in_process as liger
 from liger_lm.io import OutputExistsError, atomic_directory
 
 
-def liger(*args: str) -> subprocess.CompletedProcess:
+def liger_process(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "liger_lm", *args], capture_output=True, text=True, timeout=300
     )
@@ -57,7 +59,7 @@ def test_bad_convert_arguments_fail_with_one_clear_line(tiny_model_dir, tmp_path
 
 
 def test_missing_model_and_existing_output_are_refused(tiny_model_dir, tmp_path):
-    done = liger("convert", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "x"))
+    done = liger_process("convert", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "x"))
     assert done.returncode == 2 and "does not exist" in done.stderr
     existing = tmp_path / "existing"
     existing.mkdir()
@@ -78,7 +80,7 @@ def test_unsupported_architecture_through_the_cli(tmp_path):
 
 
 def test_help_lists_every_command():
-    done = liger("--help")
+    done = liger_process("--help")
     assert done.returncode == 0
     assert all(name in done.stdout for name in ("convert", "generate", "run"))
 

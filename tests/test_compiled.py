@@ -96,16 +96,14 @@ def test_generate_compile_prints_the_eager_text(tiny_model_dir, tmp_path, monkey
 
 
 @pytest.mark.parametrize("command", ["generate", "bench"])
-def test_compile_without_a_cpp_compiler_fails_in_one_line(command, tiny_model_dir, tmp_path):
-    import os
-    import subprocess
-    import sys
+def test_compile_without_a_cpp_compiler_fails_in_one_line(command, tiny_model_dir, tmp_path, monkeypatch):
+    from conftest import liger_in_process
 
     args = {"generate": ["generate", str(tiny_model_dir), "--prompt", "w5"],
             "bench": ["bench", "--model", str(tiny_model_dir), "--out", str(tmp_path / "bench")]}[command]
-    env = {key: value for key, value in os.environ.items() if key != "CXX"} | {"PATH": str(tmp_path)}  # no g++
-    done = subprocess.run([sys.executable, "-m", "liger_lm", *args, "--compile"], capture_output=True, text=True,
-                          timeout=300, env=env)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no g++
+    done = liger_in_process(*args, "--compile")
     assert done.returncode == 2
     assert "needs a C++ compiler (g++ or clang++) on PATH" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "bench").exists()  # refused before any output

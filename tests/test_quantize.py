@@ -4,8 +4,6 @@ module semantics, tiny base and Liger models (greedy output, decode through the 
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -230,8 +228,7 @@ def test_unmerged_lora_is_refused():
 
 
 def test_cli_generate_with_weights(tiny_model_dir):
-    def liger(*args):
-        return subprocess.run([sys.executable, "-m", "liger_lm", *args], capture_output=True, text=True, timeout=300)
+    from conftest import liger_in_process as liger
 
     for fmt in ("int8", "bf16"):
         done = liger("generate", str(tiny_model_dir), "--prompt", "w5 w6", "--max-new-tokens", "4", "--weights", fmt)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import liger_in_process as run_in_process
 from conftest import tiny_model, tiny_tokenizer
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
@@ -52,13 +53,10 @@ def liger_subprocess(*args: str, script: str | None = None) -> subprocess.Comple
     return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=300, env=ONE_THREAD, check=False)
 
 
-def liger_in_process(*args: str) -> int:
-    """The exit code of `liger ARGS` run through the same entry point (`main`) in this process."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "argv", ["liger", *map(str, args)])
-        with pytest.raises(SystemExit) as stopped:
-            main()
-    return stopped.value.code
+def liger_in_process(*args: str | Path) -> int:
+    """The exit code of `liger ARGS` run through the same entry point (`main`) in this process (its output reaches
+    capsys)."""
+    return run_in_process(*args).returncode
 
 
 def patched_main(patch: str) -> str:

@@ -1,5 +1,5 @@
 """Differences between the transformers releases we support (5.23 and 5.24), in one place: the cache argument's
-name, and the name of the activation (gradient) checkpointing switch.
+name, and the name of the activation (gradient) checkpointing switch (peft still reads the old one).
 
 transformers 5.24 renamed the cache argument of the decoder layers, their attention modules and the models' forward
 from `past_key_values` to `cache` (the old name is deprecated, to be removed in 5.40), and the model outputs' field
@@ -10,6 +10,9 @@ argument goes through here.
 from __future__ import annotations
 
 import inspect
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from transformers.cache_utils import Cache
@@ -53,3 +56,14 @@ def enable_activation_checkpointing(model: Any) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+
+@contextmanager
+def peft_quietly() -> Iterator[None]:
+    """Around peft's wrapping (`get_peft_model`, `PeftModel.from_pretrained`). peft reads
+    `model.is_gradient_checkpointing`, which transformers 5.24 deprecated for `is_activation_checkpointing`: that
+    FutureWarning is peft's to fix and tells our users nothing, so it is silenced here and only here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield

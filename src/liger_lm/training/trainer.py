@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from ..compat import peft_quietly
 from ..convert import is_converted, write_model_card
 from ..errors import NonFiniteLossError, ResumeError
 from ..hardware import fast_bf16, resolve_device
@@ -214,7 +215,8 @@ def _finished_run(model: PreTrainedModel, folder: Path) -> TrainResult:
     """A resumed run that had already finished: its stored results and its trained adapter, nothing trained."""
     results = json.loads((folder / "train_results.json").read_text(encoding="utf-8"))
     if (folder / "adapter" / "adapter_config.json").is_file():
-        model = PeftModel.from_pretrained(model, str(folder / "adapter"))
+        with peft_quietly():
+            model = PeftModel.from_pretrained(model, str(folder / "adapter"))
     logger.info("%s is finished already: nothing to resume", folder)
     return TrainResult(model=model, results=results, finished_earlier=True)
 
@@ -294,7 +296,9 @@ def trainable(model: nn.Module, config: TrainConfig) -> nn.Module:
             # Modules with new parameters (trained now or in an earlier stage) go into the adapter, so it is complete.
             modules_to_save=learned or None,
         )
-        model = model if isinstance(model, PeftModel) else get_peft_model(model, lora)
+        if not isinstance(model, PeftModel):
+            with peft_quietly():
+                model = get_peft_model(model, lora)
     stage_one, with_lora_modules = _declared(model, "stage_one_modules"), _declared(model, "with_lora_modules")
     for name, param in model.named_parameters():
         in_stage_one = _in_modules(name, stage_one)
