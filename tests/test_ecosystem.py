@@ -89,3 +89,23 @@ def test_every_liger_class_is_importable_by_its_own_name():
     for config_class, model_class in LIGER_CLASSES.values():
         for cls in (config_class, model_class):
             assert getattr(importlib.import_module(cls.__module__), cls.__qualname__) is cls
+
+
+def test_load_model_never_asks_for_hub_kernels(tiny_model_dir, monkeypatch):
+    """transformers 5.25 made `from_pretrained` kernelize by default, which raises without the `kernels` package
+    and fetches layers from the Hub: our offline loads keep kernels off (`compat.LOAD_OPTIONS`) on every release.
+    Emulated on any release: `use_kernels` defaults to True, as in 5.25, and asking for kernels raises."""
+    from transformers import AutoModelForCausalLM
+
+    real = AutoModelForCausalLM.from_pretrained.__func__
+    asked = []
+
+    def like_525_without_kernels(cls, *args, **kwargs):
+        asked.append(kwargs.setdefault("use_kernels", True))
+        if kwargs["use_kernels"]:
+            raise ValueError("Kernels are not available. Please install a compatible version")
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(like_525_without_kernels))
+    model, _ = liger_lm.load_model(str(tiny_model_dir))
+    assert asked == [False] and model.config.model_type == "llama"

