@@ -64,7 +64,6 @@ def enable_activation_checkpointing(model: Any) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-
 @contextmanager
 def peft_quietly() -> Iterator[None]:
     """Around peft's wrapping (`get_peft_model`, `PeftModel.from_pretrained`). peft reads
