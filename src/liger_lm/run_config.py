@@ -40,8 +40,8 @@ class Budget:
 # than 512 keep the recurrent branch helpful past 1K tokens, measured in the README), then the multiple-choice
 # suite at 200 examples per task (standard error ≤ 3.5 points) and 16K tokens of held-out prose. It also trains on
 # the prompts: the BIG-bench instructions' answers are short (2.5 % of the tokens); the held-out loss is still
-# measured on answers only. "long" is the same at 10× the tokens (about 2 hours with native bf16, 7 on an AVX2-only CPU); "paper" is the paper's recipe
-# (20 M tokens of 8 × 1024, answers only); "tiny" is a smoke test.
+# measured on answers only. "long" is the same at 10× the tokens (about 2 hours with native bf16, 7 on an AVX2-only
+# CPU); "paper" is the paper's recipe (20 M tokens of 8 × 1024, answers only); "tiny" is a smoke test.
 BUDGETS = {
     "tiny": Budget(train_tokens=512, seq_len=64, grad_accum=2, eval_records=4, eval_examples=8, prose_tokens=0),
     "default": Budget(train_tokens=114_688, seq_len=1024, grad_accum=1, eval_records=16, eval_examples=200,
