@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 
 import liger_lm
 from conftest import tiny_model
+from liger_lm.compat import peft_quietly
 from liger_lm.quantize import BF16_PATHS, INT8_PATHS, force_path, quantize_for_decode
 
 
@@ -104,7 +105,8 @@ def test_a_model_copied_and_changed_inside_the_block_computes_its_own_weights():
 def test_lora_wrapped_projections_are_left_unfused():
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(liger_lm.convert(tiny_model("llama")), LoraConfig(r=2, target_modules=["q_proj"]))
+    with peft_quietly():
+        model = get_peft_model(liger_lm.convert(tiny_model("llama")), LoraConfig(r=2, target_modules=["q_proj"]))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, DynamicCache
 
 import liger_lm
 from conftest import prefill_then_decode, tiny_model
-from liger_lm.compat import with_cache
+from liger_lm.compat import peft_quietly, with_cache
 from liger_lm.modeling.lolcats import HedgehogFeatureMap, LolcatsAttention, WindowFactor
 from liger_lm.ops.lolcats import lolcats_attention, naive_lolcats_attention
 
@@ -329,9 +329,10 @@ def test_peft_modules_to_save_selects_the_learned_parameters():
     ids = token_ids()
     with torch.no_grad():
         expected = model(ids).logits
-    peft_model = get_peft_model(
-        model, LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj"], modules_to_save=list(LEARNED))
-    )
+    with peft_quietly():
+        peft_model = get_peft_model(
+            model, LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj"], modules_to_save=list(LEARNED))
+        )
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert sum("feature_map_q" in n for n in trainable) == 3 and sum("window_factor" in n for n in trainable) == 3
     assert all("lora_" in n or any(part in n for part in LEARNED) for n in trainable)

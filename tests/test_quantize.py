@@ -11,6 +11,7 @@ from torch import nn
 
 import liger_lm
 from conftest import prefill_then_decode, tiny_model
+from liger_lm.compat import peft_quietly
 from liger_lm import quantize
 from liger_lm.quantize import (
     BF16_PATHS,
@@ -222,7 +223,8 @@ def test_quantized_models_refuse_training_and_saving(tmp_path):
 def test_unmerged_lora_is_refused():
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    with peft_quietly():
+        model = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
     with pytest.raises(QuantizationError, match="merge"):
         quantize_for_decode(model, "int8")
 

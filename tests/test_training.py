@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 import liger_lm
-from liger_lm.compat import without_cache
+from liger_lm.compat import peft_quietly, without_cache
 from liger_lm.training import NonFiniteLossError, TrainConfig, TrainConfigError, train
 from liger_lm.training import objectives
 from liger_lm.training.objectives import attention_transfer, converted_layers, distillation, teacher_mode
@@ -43,7 +43,9 @@ def test_teacher_mode_is_the_unconverted_model(family):
     from peft import LoraConfig, get_peft_model
 
     base = tiny_model(family)
-    student = get_peft_model(liger_lm.convert(copy.deepcopy(base), window=4), LoraConfig(target_modules=["q_proj", "v_proj"]))
+    with peft_quietly():
+        student = get_peft_model(liger_lm.convert(copy.deepcopy(base), window=4),
+                                 LoraConfig(target_modules=["q_proj", "v_proj"]))
     perturb_lora(student)
     ids = torch.randint(3, 97, (2, 20))
     with torch.no_grad():
