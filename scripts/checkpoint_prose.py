@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Callable
 
 from liger_lm.data.prose import held_out_prose
 from liger_lm.evaluation import HELD_OUT_WINDOWS, perplexity, perplexity_ratio
 from liger_lm.io import write_json_atomic
-from liger_lm.models import load_model
+from liger_lm.models import load_default_model, load_model
 from liger_lm.run import BUDGETS, branch_ablation, recurrent_branch_off
 from liger_lm.training.trainer import last_complete_checkpoint
 
@@ -36,10 +37,11 @@ def newest_checkpoint(run: Path) -> Path:
     raise SystemExit(f"{run} has no complete training checkpoint yet; wait for the first one (--save-every steps)")
 
 
-def base_result(path: str | None, text: str, tokens: int, base_name: str = "default") -> dict:
-    """The base model's held-out result: from an earlier run's `eval/prose.json`, or `base_name` scored now."""
+def base_result(path: str | None, text: str, tokens: int, load_base: Callable[[], tuple] = load_default_model) -> dict:
+    """The base model's held-out result: from an earlier run's `eval/prose.json`, or scored now on the (model,
+    tokenizer) that `load_base` gives."""
     if path is None:
-        base, tokenizer = load_model(base_name)
+        base, tokenizer = load_base()
         return perplexity(base, tokenizer, text, max_tokens=tokens, **HELD_OUT_WINDOWS).to_dict()
     reference = json.loads(Path(path).read_text(encoding="utf-8"))["base"]
     layout = {"tokens": tokens, "context": HELD_OUT_WINDOWS["context"], "long_context": HELD_OUT_WINDOWS["long_context"]}

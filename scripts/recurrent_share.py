@@ -29,7 +29,7 @@ from liger_lm.models import load_model
 from liger_lm.run import BUDGETS
 
 BUCKETS = ((0, 128), (128, 256), (256, 512), (512, 1024), (1024, 2048), (2048, 4096))
-TRAINED_UP_TO = 1024  # the training rows' length (`liger_lm.run.BUDGETS`)
+TRAINED_UP_TO = BUDGETS["default"].seq_len  # the training rows' length (1,024)
 
 
 def leading_text(records: list[dict[str, str]], characters: int) -> str:
@@ -59,8 +59,9 @@ def teacher_mass(base, ids: torch.Tensor, window: int, sinks: int) -> torch.Tens
         masses.append((output[1][0] * mask).sum(-1).T)  # weights [1, H, T, T] → [T, H]
         return (output[0], None)  # the full weights are not kept
 
-    # Eager attention returns its weights to the hook even without output_attentions, which would also make the
-    # model collect every layer's [H, T, T] weights (18 GB at 4K tokens).
+    # Eager attention hands its weights to the hook without output_attentions, which would make the model also keep
+    # every layer's [H, T, T] weights (18 GB at 4K tokens).
+    previous = base.config._attn_implementation
     base.set_attn_implementation("eager")
     handles = [layer.self_attn.register_forward_hook(keep_mass, with_kwargs=True) for layer in base.model.layers]
     try:
@@ -68,6 +69,7 @@ def teacher_mass(base, ids: torch.Tensor, window: int, sinks: int) -> torch.Tens
     finally:
         for handle in handles:
             handle.remove()
+        base.set_attn_implementation(previous)
     return torch.stack(masses)
 
 
@@ -129,7 +131,7 @@ def main() -> None:
     if settings.get("combine") != "shared":
         raise SystemExit(f"{args.model} is not a combine='shared' model (combine={settings.get('combine')!r})")
     window, sinks = settings["window"], settings["sinks"]
-    base, _ = load_model(args.base)
+    base, base_tokenizer = load_model(args.base)
 
     def ids_of(text: str) -> torch.Tensor:
         return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[:, : args.tokens]
@@ -145,7 +147,7 @@ def main() -> None:
     calibrated = calibrated_omegas(share_logits(model, training)[0][:, span], target)
     print("calibrated ω, mean per layer: " + ", ".join(f"{v:.2f}" for v in calibrated.mean(1).tolist()))
     text, tokens = held_out_prose(), BUDGETS["default"].prose_tokens
-    reference = base_result(args.base_from, text, tokens, args.base)
+    reference = base_result(args.base_from, text, tokens, lambda: (base, base_tokenizer))  # the base already loaded
     for name, values in (("as trained", None), ("calibrated ω", calibrated)):
         if values is not None:
             for omega, value in zip(omegas, values):
