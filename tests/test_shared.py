@@ -16,12 +16,18 @@ from test_model import left_pad, token_ids
 
 def per_token_reference(mixer, q, k, v, valid, position_embeddings, sinks):
     """o_t = (Σ_{j∈win∪sinks} e^{s_tj} v_j + e^ω φ(q_t)S_old) / (Σ e^{s_tj} + e^ω φ(q_t)z_old), GLA decay, one token
-    at a time; S_old, z_old hold the valid non-sink tokens j ≤ t − w, each decayed by the written tokens after it."""
+    at a time; S_old, z_old hold the valid non-sink tokens j ≤ t − w, each decayed by the written tokens after it.
+    With `learned_features`, φ reads x W_h (the mixer's projection weights, per query head for q, per kv head for k)."""
     config, window = mixer.liger, mixer.liger.window
     groups = mixer.num_heads // mixer.num_kv_heads
     rq, rk = mixer._rope(q, k, position_embeddings)
     rk, kv, raw_k = (x.repeat_interleave(groups, dim=2) for x in (rk, v, k))
     omega = mixer.rec_logit().detach()
+    feature_q, feature_k = q, k
+    if mixer.liger.learned_features:
+        feature_q = torch.einsum("bthd,hde->bthe", q, mixer.feature_proj_q.weight.detach())
+        feature_k = torch.einsum("bthd,hde->bthe", k, mixer.feature_proj_k.weight.detach())
+    feature_k = feature_k.repeat_interleave(groups, dim=2)
     batch, length, heads, dim = q.shape
     out = torch.zeros(batch, length, heads, dim)
     for b in range(batch):
@@ -38,21 +44,32 @@ def per_token_reference(mixer, q, k, v, valid, position_embeddings, sinks):
             state, norm = torch.zeros(heads, dim, dim), torch.zeros(heads, dim)
             for j in old:
                 decay = torch.exp(F.logsigmoid(raw_k[b, j]) / config.gate_normalizer)
-                feature = raw_k[b, j].softmax(-1)
+                feature = feature_k[b, j].softmax(-1)
                 state = decay[..., None] * state + feature[..., None] * kv[b, j][:, None, :]
                 norm = decay * norm + feature
-            q_feat = q[b, t].softmax(-1)
+            q_feat = feature_q[b, t].softmax(-1)
             numerator = numerator + omega.exp()[:, None] * torch.einsum("hd,hde->he", q_feat, state)
             denominator = denominator + omega.exp() * (q_feat * norm).sum(-1)
             out[b, t] = numerator / denominator[:, None]
     return out
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3"])
-@pytest.mark.parametrize("sinks", [0, 2])
+def perturb_feature_projections(model, seed: int = 0) -> None:
+    """Move every learned W_h away from the identity it starts at, so that a test sees whether it is applied."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "feature_proj" in name:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.5)
+
+
+@pytest.mark.parametrize("family,sinks,learned", [("llama", 0, False), ("llama", 2, False), ("qwen3", 0, False),
+                                                  ("qwen3", 2, False), ("llama", 2, True), ("qwen3", 0, True)])
 @torch.no_grad()
-def test_shared_equals_the_per_token_formula(family, sinks):
-    model = liger_lm.convert(tiny_model(family), window=4, sinks=sinks, combine="shared", rec_logit_init=1.5)
+def test_shared_equals_the_per_token_formula(family, sinks, learned):
+    model = liger_lm.convert(tiny_model(family), window=4, sinks=sinks, combine="shared", rec_logit_init=1.5,
+                             learned_features=learned)
+    perturb_feature_projections(model)
     mixer = model.model.layers[1].self_attn
     hidden = torch.randn(2, 19, model.config.hidden_size)
     valid = torch.ones(2, 19, dtype=torch.bool)
@@ -81,10 +98,10 @@ def test_shared_prefill_then_decode_and_left_padding(gate, sinks):
         torch.testing.assert_close(batch[i, -len(row):], model(row[None]).logits[0], rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3"])
-@pytest.mark.parametrize("sinks", [0, 2])
+@pytest.mark.parametrize("family,sinks,learned", [("llama", 0, False), ("llama", 2, False), ("qwen3", 0, False),
+                                                  ("qwen3", 2, False), ("qwen3", 2, True)])
 @torch.no_grad()
-def test_steady_decode_step_equals_the_general_path(family, sinks, monkeypatch):
+def test_steady_decode_step_equals_the_general_path(family, sinks, learned, monkeypatch):
     """`shared_decode_step` (a full window buffer, one token) against the general blocked path on the same decode of
     a left-padded batch: padding inside the buffer, leaving it, and among the sinks' rows."""
     from transformers import DynamicCache
@@ -92,7 +109,9 @@ def test_steady_decode_step_equals_the_general_path(family, sinks, monkeypatch):
     from liger_lm.compat import with_cache
     from liger_lm.modeling import mixer as mixer_module
 
-    model = liger_lm.convert(tiny_model(family), window=4, sinks=sinks, combine="shared", rec_logit_init=1.5)
+    model = liger_lm.convert(tiny_model(family), window=4, sinks=sinks, combine="shared", rec_logit_init=1.5,
+                             learned_features=learned)
+    perturb_feature_projections(model)
     padded, mask = left_pad([token_ids(1, 23, seed=4)[0], token_ids(1, 12, seed=5)[0]])
 
     def decode() -> torch.Tensor:
@@ -123,17 +142,36 @@ def test_shared_starts_as_the_window_and_rec_weight_zero_turns_it_off():
     torch.testing.assert_close(off(ids).logits, window_only, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("combine", ["sum", "shared"])
+@torch.no_grad()
+def test_learned_features_start_as_the_plain_map_and_then_change_the_recurrent_branch(combine):
+    base, ids = tiny_model("qwen3"), token_ids()
+    settings = dict(window=4, sinks=2, combine=combine, rec_logit_init=1.5)
+    plain = liger_lm.convert(copy.deepcopy(base), **settings)(ids).logits
+    learned = liger_lm.convert(copy.deepcopy(base), learned_features=True, **settings)
+    torch.testing.assert_close(learned(ids).logits, plain, rtol=0, atol=1e-5)  # W_h = I: φ(x W_h) = φ(x)
+    perturb_feature_projections(learned)
+    moved = learned(ids).logits
+    if combine == "shared":  # nothing has left the window yet: the branch is empty
+        torch.testing.assert_close(moved[:, :4], plain[:, :4], rtol=0, atol=1e-5)
+    assert (moved[:, 6:] - plain[:, 6:]).abs().max() > 1e-2
+    for prefill in (1, 3, 10):  # the decode path (fused step included) applies the same projections
+        torch.testing.assert_close(prefill_then_decode(learned, ids, prefill), moved, rtol=0, atol=1e-4)
+
+
 def test_shared_refuses_what_it_cannot_compute():
     for overrides in (dict(gate="rwkv6"), dict(gate_source="q"), dict(method="lolcats")):
         with pytest.raises(liger_lm.LigerConfigError, match="combine='shared' needs"):
             liger_lm.LigerConfig(combine="shared", **overrides)
+    with pytest.raises(liger_lm.LigerConfigError, match="learned_features is a setting of the liger method"):
+        liger_lm.LigerConfig(method="lolcats", learned_features=True)
 
 
-def test_recurrent_logit_trains_with_lora_and_reloads_from_the_adapter(instruction_file, tmp_path):
+def test_logit_and_feature_projections_train_with_lora_and_reload_from_the_adapter(instruction_file, tmp_path):
     from conftest import tiny_tokenizer
     from liger_lm.training import TrainConfig, train
 
-    model = liger_lm.convert(tiny_model("llama"), window=4, sinks=2, combine="shared")
+    model = liger_lm.convert(tiny_model("llama"), window=4, sinks=2, combine="shared", learned_features=True)
     model.save_pretrained(tmp_path / "base")
     tiny_tokenizer().save_pretrained(tmp_path / "base")
     config = TrainConfig(data=str(instruction_file), seq_len=48, batch_size=4, grad_accum=1, max_tokens=48 * 4 * 6,
@@ -141,6 +179,13 @@ def test_recurrent_logit_trains_with_lora_and_reloads_from_the_adapter(instructi
     trained = train(model, tiny_tokenizer(), config, tmp_path / "run", base_path=tmp_path / "base").model
     logits = {name: p for name, p in trained.named_parameters() if "rec_logit" in name and "modules_to_save" in name}
     assert logits and all(p.requires_grad and (p - 0.0).abs().max() > 1e-4 for p in logits.values())
+    # The logits train at 100× the rate (whole units in 6 AdamW steps), the projections at lr: ≤ ~6 · 1e-2 from I.
+    assert max(p.abs().max() for p in logits.values()) > 0.5
+    eye = torch.eye(model.config.head_dim)
+    projections = {name: p for name, p in trained.named_parameters()
+                   if "feature_proj" in name and "modules_to_save" in name}
+    assert len(projections) == 2 * model.config.num_hidden_layers
+    assert all(p.requires_grad and 1e-4 < (p - eye).abs().max() < 0.1 for p in projections.values())
     ids = token_ids()
     with torch.no_grad():
         expected = trained(ids).logits

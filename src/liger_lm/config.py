@@ -92,6 +92,10 @@ class LigerConfig:
         "choices": tuple(COMBINES)})
     rec_logit_init: float = field(default=0.0, metadata={
         "help": "combine=shared: initial ω (e^ω weighs the recurrent pseudo-key against the window's scores)."})
+    learned_features: bool = field(default=False, metadata={
+        "help": "φ(x W_h) instead of φ(x) in the recurrent branch: a learned D×D matrix per head for q and for k, "
+                "identity at first (so nothing changes until training moves it), trained with LoRA; the decay still "
+                "reads the raw key. Liger only (LoLCATs learns its own feature maps)."})
 
     def __post_init__(self) -> None:
         self.softmax_layers = sorted(set(int(i) for i in self.softmax_layers))
@@ -121,8 +125,12 @@ class LigerConfig:
             raise LigerConfigError("combine='shared' needs method='liger', gate_source='k' (the recurrence reads the "
                                    "raw keys of the tokens leaving the window) and a gate other than rwkv6 (whose "
                                    "bonus term reads the current token); choose another gate or combine='sum'")
-        if not isinstance(self.normalize, bool):
-            raise LigerConfigError(f"normalize must be true or false, got {self.normalize!r}")
+        for name in ("normalize", "learned_features"):
+            if not isinstance(getattr(self, name), bool):
+                raise LigerConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.learned_features and self.method != "liger":
+            raise LigerConfigError(f"learned_features is a setting of the liger method ({self.method!r} has its own "
+                                   "feature maps); set learned_features=False")
         if isinstance(self.softmax_every, bool) or not isinstance(self.softmax_every, int) or self.softmax_every < 0:
             raise LigerConfigError(f"softmax_every must be an integer ≥ 0, got {self.softmax_every!r}")
         if not 0 <= self.gate_lower_bound < 1:

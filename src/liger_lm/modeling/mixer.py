@@ -15,6 +15,11 @@ are no sinks, read as S_old,t = the state after token t − w, and competes with
 with N_t = φ(q_t) S_old,t, Z_t = φ(q_t) z_old,t (z: the same recurrence with a value of 1) and ω_h a learned logit
 per head (`rec_logit`, the only parameter this adds).
 
+With `learned_features`, φ reads x W_h instead of x in either combination: W_h ∈ R^{D×D} per query head for q
+(`feature_proj_q`) and per kv head for k (`feature_proj_k`), identity at first. The gate still reads the raw key, and
+the state keeps its size. This is LoLCATs' idea of a feature map trained to imitate softmax attention (Hedgehog), kept
+at the gate's own D features so that every gate and the fused decode step still apply.
+
 Projections, cache access, the window buffer and W_o are `LinearizedAttention`'s.
 """
 
@@ -48,22 +53,50 @@ class RecurrentLogit(nn.Module):
         return self.logit.float()
 
 
+class FeatureProjection(nn.Module):
+    """x ↦ x W_h per head, W_h ∈ R^{D×D} (fp32, identity at first): what φ reads with `learned_features`."""
+
+    def __init__(self, num_heads: int, head_dim: int, device=None) -> None:
+        super().__init__()
+        eye = torch.eye(head_dim, device=device, dtype=torch.float32)
+        self.weight = nn.Parameter(eye.expand(num_heads, head_dim, head_dim).clone())
+
+    def extra_repr(self) -> str:
+        return f"heads={self.weight.shape[0]}, head_dim={self.weight.shape[1]}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., H, D] → [..., H, D] fp32."""
+        return (x.float()[..., None, :] @ self.weight)[..., 0, :]
+
+
 class LigerAttention(LinearizedAttention):
     """Gated recurrence (any gate of `modeling.gates`) mixed with sliding-window softmax attention."""
 
     method = "liger"
     description = "Liger: gated recurrence + sliding-window attention, no new parameters (arXiv 2503.01496)"
-    with_lora_modules = ("rec_logit",)  # combine="shared" only
+    # rec_logit: combine="shared" only; the projections: learned_features only
+    with_lora_modules = ("rec_logit", "feature_proj_q", "feature_proj_k")
+    logit_modules = ("rec_logit",)
 
     def __init__(self, attention: nn.Module, config: LigerConfig, adapter: ArchitectureAdapter) -> None:
         super().__init__(attention, config, adapter)
+        device = self.q_proj.weight.device
         if config.combine == "shared":
-            self.rec_logit = RecurrentLogit(self.num_heads, config.rec_logit_init, self.q_proj.weight.device)
+            self.rec_logit = RecurrentLogit(self.num_heads, config.rec_logit_init, device)
+        if config.learned_features:
+            self.feature_proj_q = FeatureProjection(self.num_heads, self.head_dim, device)
+            self.feature_proj_k = FeatureProjection(self.num_kv_heads, self.head_dim, device)
 
     def extra_repr(self) -> str:
         c = self.liger
         return (f"gate={c.gate}, window={c.window}, sinks={c.sinks}, normalize={c.normalize}, combine={c.combine}, "
-                f"rec_weight={c.rec_weight}, swa_weight={c.swa_weight}")
+                f"rec_weight={c.rec_weight}, swa_weight={c.swa_weight}, learned_features={c.learned_features}")
+
+    def _features_in(self, x: torch.Tensor, which: str) -> torch.Tensor:
+        """What φ reads for q or k ("q" / "k"): x W_h with `learned_features`, x itself otherwise."""
+        if not self.liger.learned_features:
+            return x
+        return (self.feature_proj_q if which == "q" else self.feature_proj_k)(x)
 
     def mix(self, q, k, v, valid, position_embeddings, cache):
         if self.liger.combine == "shared" and self.liger.rec_weight and self.liger.swa_weight:
@@ -80,7 +113,8 @@ class LigerAttention(LinearizedAttention):
         q, k, v = q.float(), k.float(), v.float()
         source = {"q": q, "k": k, "v": v}[self.liger.gate_source]
         state = cache.state if cache is not None else None
-        return GATES[self.liger.gate].run(q, k, v, source, valid, state, self.liger)
+        return GATES[self.liger.gate].run(self._features_in(q, "q"), self._features_in(k, "k"), v, source, valid, state,
+                                          self.liger)
 
     def _sliding_window(self, q, k, v, valid, position_embeddings, cache: LigerCacheLayer | None, with_lse=False):
         """o^swa [B, T, H, D] (and with `with_lse` its log-sum-exp [B, T, H]) and (keys, values, validity) over
@@ -126,8 +160,9 @@ class LigerAttention(LinearizedAttention):
         stream = (torch.cat([cache.keys, k_rope], dim=1), torch.cat([cache.values, v], dim=1),
                   torch.cat([cache.key_valid, cache.key_valid.new_ones(q.shape[0], 1)], dim=1),
                   torch.cat([cache.raw_keys, k], dim=1))
-        out, state = shared_decode_step(q, q_rope, *stream, cache.sinks, cache.state[0], self.rec_logit(),
-                                        self.scaling, self.liger)
+        out, state = shared_decode_step(self._features_in(q, "q"), q_rope, *stream, cache.sinks, cache.state[0],
+                                        self.rec_logit(), self.scaling, self.liger,
+                                        leaving_feature_key=self._features_in(cache.raw_keys[:, 0], "k"))
         return out, (state,), stream
 
     def _unnormalised(self) -> LigerConfig:
@@ -163,14 +198,14 @@ class LigerAttention(LinearizedAttention):
         reading = torch.zeros(q.shape[0], needed, *q.shape[2:], dtype=torch.float32, device=q.device)
         reading[:, start : start + count] = q[:, skip:].float()
         state = cache.state if cache is not None else None
-        out, state = GATES[self.liger.gate].run(reading, raw_keys, values, raw_keys, write, state,
-                                                self._unnormalised())
+        out, state = GATES[self.liger.gate].run(self._features_in(reading, "q"), self._features_in(raw_keys, "k"),
+                                                values, raw_keys, write, state, self._unnormalised())
         out = F.pad(out[:, start : start + count], (0, 0, 0, 0, skip, 0))  # queries with nothing old: 0
         return out[..., :-1], out[..., -1], state
 
 
 def shared_decode_step(q, q_rope, keys, values, key_valid, raw_keys, sinks: Sinks | None, state, omega, scale: float,
-                       config: LigerConfig):
+                       config: LigerConfig, leaving_feature_key=None):
     """One decode step of `combine="shared"` once the window buffer is full (general form: `LigerAttention._shared`):
 
         o = σ(lse − ω − log Z) · o^swa + N / (Z + e^{lse − ω})
@@ -179,15 +214,19 @@ def shared_decode_step(q, q_rope, keys, values, key_valid, raw_keys, sinks: Sink
         [S | z] ← diag(a) [S | z] + φ(k₀)ᵀ [v₀, 1],  a = exp(gate.key_log_decay(k₀))   if stream token 0 is valid
 
     Stream token 0 (raw key k₀, value v₀) is the one leaving the window buffer: the next query no longer sees it.
+    With `learned_features` φ reads q W_q and k₀ W_k: the caller passes q projected and `leaving_feature_key`.
 
-    q, q_rope: [B, 1, H, D] (raw / RoPE'd); keys (RoPE'd), values, raw_keys: [B, w, H_kv, D], the w − 1 buffered
-    tokens then the current one; key_valid: [B, w] bool; sinks: G stored sink keys (all before the stream) or None;
-    state: [B, H, D, D + 1] fp32 ([S | z]); omega: [H]. Returns o [B, 1, H, D] fp32 and the new state.
+    q, q_rope: [B, 1, H, D] (what φ reads / RoPE'd); keys (RoPE'd), values, raw_keys: [B, w, H_kv, D], the w − 1
+    buffered tokens then the current one; key_valid: [B, w] bool; sinks: G stored sink keys (all before the stream) or
+    None; state: [B, H, D, D + 1] fp32 ([S | z]); omega: [H]; leaving_feature_key: [B, H_kv, D], what φ reads for
+    k₀ (None: k₀ itself). Returns o [B, 1, H, D] fp32 and the new state.
     """
     batch, _, heads, dim = q.shape
     kv_heads = keys.shape[2]
     groups = heads // kv_heads
-    leaving = (raw_keys[:, 0].float(), values[:, 0].float(), key_valid[:, 0])
+    leaving_key = raw_keys[:, 0].float()
+    leaving_feature = leaving_key if leaving_feature_key is None else leaving_feature_key.float()
+    leaving = (leaving_feature, leaving_key, values[:, 0].float(), key_valid[:, 0])
     if sinks is not None:
         keys, values = torch.cat([sinks.keys, keys], dim=1), torch.cat([sinks.values, values], dim=1)
         key_valid = torch.cat([sinks.valid, key_valid], dim=1)
@@ -210,11 +249,12 @@ def _shared_output(o_swa, lse, numerator, normaliser, omega):
         min=NORMALISER_FLOOR)[..., None]
 
 
-def _write_leaving(state, key, value, valid, config: LigerConfig):
-    """[S | z] ← diag(a) [S | z] + φ(k)ᵀ [v, 1] for one token per row (key, value [B, H_kv, D]; valid [B] bool: a
-    padding token neither decays nor writes), k and a repeated over each kv head's group of query heads."""
+def _write_leaving(state, feature_key, key, value, valid, config: LigerConfig):
+    """[S | z] ← diag(a) [S | z] + φ(k′)ᵀ [v, 1] for one token per row: a from the raw key k, k′ what φ reads
+    (feature_key k′, key, value [B, H_kv, D]; valid [B] bool: a padding token neither decays nor writes), k′ and a
+    repeated over each kv head's group of query heads."""
     log_decay = GATES[config.gate].key_log_decay(key, config).clamp(min=MIN_LOG_DECAY)
-    feature = FEATURE_MAPS[config.feature_map].apply(key)
+    feature = FEATURE_MAPS[config.feature_map].apply(feature_key)
     # the gates' own GQA repetition and padding mask, on a one-token time axis
     log_decay, feature, value = (x[:, 0] for x in to_heads(state.shape[1], valid[:, None], log_decay[:, None],
                                                            feature[:, None], with_ones_column(value)[:, None]))

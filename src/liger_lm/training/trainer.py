@@ -285,7 +285,7 @@ def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: b
 
 def trainable(model: nn.Module, config: TrainConfig) -> nn.Module:
     """Wrap with LoRA (peft) and freeze everything else; LoLCATs feature maps train only in stage 1, the Liger
-    `rec_logit` (combine="shared") whenever LoRA does."""
+    `rec_logit` (combine="shared") and feature projections (learned_features) whenever LoRA does."""
     if config.use_lora:
         present = {n.split(".")[-1] for n, _ in model.named_modules()}
         learned = [name for name in (*_declared(model, "stage_one_modules"), *_declared(model, "with_lora_modules"))
@@ -387,10 +387,10 @@ class RecoveryTrainer(Trainer):
         self.logit_lr_scale = logit_lr_scale
 
     def create_optimizer(self):
-        """AdamW as configured, with the parameters of the mixers' `with_lora_modules` (per-head logits) at
+        """AdamW as configured, with the parameters of the mixers' `logit_modules` (per-head logits) at
         `logit_lr_scale` × the learning rate: a logit has to move by whole units, where LoRA weights move by
         thousandths."""
-        modules = _declared(self.model, "with_lora_modules")
+        modules = _declared(self.model, "logit_modules")
         logits = [p for n, p in self.model.named_parameters() if p.requires_grad and _in_modules(n, modules)]
         if self.optimizer is not None or not logits or self.logit_lr_scale == 1:
             return super().create_optimizer()
