@@ -36,15 +36,16 @@ class LinearizedAttention(nn.Module):
 
     A method declares its name and which of its submodules hold the parameters it adds (as peft's layers declare
     `adapter_layer_names`), so the trainer needs no list of names: `stage_one_modules` train alone, before LoRA
-    (LoLCATs' attention transfer); `with_lora_modules` train whenever LoRA does, those of them in `logit_modules`
-    (per-head logits) at `TrainConfig.logit_lr_scale` × the learning rate.
+    (LoLCATs' attention transfer); `with_lora_modules` train whenever LoRA does, those named in `lr_scales` at the
+    learning rate times the `TrainConfig` field it names (a per-head logit moves by whole units, a LoRA weight by
+    thousandths).
     """
 
     method: ClassVar[str]  # the `LigerConfig.method` value that selects it
     description: ClassVar[str]
     stage_one_modules: ClassVar[tuple[str, ...]] = ()
     with_lora_modules: ClassVar[tuple[str, ...]] = ()
-    logit_modules: ClassVar[tuple[str, ...]] = ()
+    lr_scales: ClassVar[dict[str, str]] = {}  # submodule name → the TrainConfig field with its lr multiplier
     fused_qkv: FusedProjection | None = None  # q/k/v read as one weight, set within `decode_layout`
 
     def __init__(self, attention: nn.Module, config: LigerConfig, adapter: ArchitectureAdapter) -> None:

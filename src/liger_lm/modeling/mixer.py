@@ -76,7 +76,8 @@ class LigerAttention(LinearizedAttention):
     description = "Liger: gated recurrence + sliding-window attention, no new parameters (arXiv 2503.01496)"
     # rec_logit: combine="shared" only; the projections: learned_features only
     with_lora_modules = ("rec_logit", "feature_proj_q", "feature_proj_k")
-    logit_modules = ("rec_logit",)
+    lr_scales = {"rec_logit": "logit_lr_scale", "feature_proj_q": "feature_lr_scale",
+                 "feature_proj_k": "feature_lr_scale"}
 
     def __init__(self, attention: nn.Module, config: LigerConfig, adapter: ArchitectureAdapter) -> None:
         super().__init__(attention, config, adapter)

@@ -45,6 +45,8 @@ class TrainConfig:
     kd_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the kd objective."})
     logit_lr_scale: float = field(default=100.0, metadata={
         "help": "Learning rate of new per-head logits (combine=shared's ω) relative to lr."})
+    feature_lr_scale: float = field(default=1.0, metadata={
+        "help": "Learning rate of the learned feature projections (learned_features) relative to lr."})
     lr: float = field(default=1e-3, metadata={"help": "Peak learning rate (after warm-up, then the schedule)."})
     schedule: str = field(default="cosine", metadata={
         "help": "Learning-rate schedule: a transformers lr_scheduler_type (cosine, linear, constant, …)."})
@@ -110,7 +112,7 @@ class TrainConfig:
             raise TrainConfigError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
         if self.precision not in PRECISIONS:
             raise TrainConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        for name in ("lr", "kd_temperature", "logit_lr_scale", "warmup", "weight_decay", "max_grad_norm", "lora_dropout"):
+        for name in ("lr", "kd_temperature", "logit_lr_scale", "feature_lr_scale", "warmup", "weight_decay", "max_grad_norm", "lora_dropout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise TrainConfigError(f"{name} must be a finite number, got {value!r}")

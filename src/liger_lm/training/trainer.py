@@ -257,7 +257,7 @@ def _run_stage(model, data, config: TrainConfig, out: Path, name: str, resume: b
         callbacks=[MetricsLog(out / "metrics.jsonl", name), MarkComplete(), *callbacks],
         objective=config.objective,
         kd_temperature=config.kd_temperature,
-        logit_lr_scale=config.logit_lr_scale,
+        lr_scales=_lr_scales(model, config),
     )
     output = trainer.train(resume_from_checkpoint=str(start_from) if start_from else None)
     # Decided from the Trainer's own log (the same in every process), not metrics.jsonl (written by process 0 alone):
@@ -317,6 +317,13 @@ def _declared(model: nn.Module, kind: str) -> tuple[str, ...]:
     `.with_lora_modules`)."""
     mixers = [m for m in model.modules() if isinstance(m, LinearizedAttention)]
     return tuple(sorted({name for mixer in mixers for name in getattr(mixer, kind)}))
+
+
+def _lr_scales(model: nn.Module, config: TrainConfig) -> dict[str, float]:
+    """Submodule name → multiplier of the learning rate, as the model's mixers declare (`LinearizedAttention.lr_scales`
+    names the `TrainConfig` field that holds it)."""
+    mixers = [m for m in model.modules() if isinstance(m, LinearizedAttention)]
+    return {name: getattr(config, field_name) for mixer in mixers for name, field_name in mixer.lr_scales.items()}
 
 
 def _in_modules(parameter_name: str, modules: tuple[str, ...]) -> bool:
@@ -379,24 +386,24 @@ class RecoveryTrainer(Trainer):
     # compute_loss returns per-micro-batch means; the Trainer divides them by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, objective: str = "ce", kd_temperature: float = 1.0, logit_lr_scale: float = 1.0,
-                 **kwargs) -> None:
+    def __init__(self, *args, objective: str = "ce", kd_temperature: float = 1.0,
+                 lr_scales: dict[str, float] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.objective = objective
         self.kd_temperature = kd_temperature
-        self.logit_lr_scale = logit_lr_scale
+        self.lr_scales = {name: scale for name, scale in (lr_scales or {}).items() if scale != 1}
 
     def create_optimizer(self):
-        """AdamW as configured, with the parameters of the mixers' `logit_modules` (per-head logits) at
-        `logit_lr_scale` × the learning rate: a logit has to move by whole units, where LoRA weights move by
-        thousandths."""
-        modules = _declared(self.model, "logit_modules")
-        logits = [p for n, p in self.model.named_parameters() if p.requires_grad and _in_modules(n, modules)]
-        if self.optimizer is not None or not logits or self.logit_lr_scale == 1:
+        """AdamW as configured, with the parameters of the submodules in `lr_scales` (module name → multiplier of
+        the learning rate, from the mixers' `lr_scales`) in groups of their own."""
+        if self.optimizer is not None or not self.lr_scales:
             return super().create_optimizer()
-        chosen = {id(p) for p in logits}
-        rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in chosen]
-        groups = [{"params": rest}, {"params": logits, "lr": self.args.learning_rate * self.logit_lr_scale}]
+        groups: dict[float, list[torch.nn.Parameter]] = {}
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                scale = next((self.lr_scales[part] for part in name.split(".") if part in self.lr_scales), 1.0)
+                groups.setdefault(scale, []).append(param)
+        groups = [{"params": params, "lr": self.args.learning_rate * scale} for scale, params in sorted(groups.items())]
         self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, weight_decay=self.args.weight_decay)
         return self.optimizer
 
