@@ -112,7 +112,8 @@ class TrainConfig:
             raise TrainConfigError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
         if self.precision not in PRECISIONS:
             raise TrainConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        for name in ("lr", "kd_temperature", "logit_lr_scale", "feature_lr_scale", "warmup", "weight_decay", "max_grad_norm", "lora_dropout"):
+        for name in ("lr", "kd_temperature", "logit_lr_scale", "feature_lr_scale", "warmup", "weight_decay",
+                     "max_grad_norm", "lora_dropout"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise TrainConfigError(f"{name} must be a finite number, got {value!r}")
