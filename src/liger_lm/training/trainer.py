@@ -315,15 +315,17 @@ def trainable(model: nn.Module, config: TrainConfig) -> nn.Module:
 def _declared(model: nn.Module, kind: str) -> tuple[str, ...]:
     """The submodule names the model's mixers declare as theirs (`LinearizedAttention.stage_one_modules` or
     `.with_lora_modules`)."""
-    mixers = [m for m in model.modules() if isinstance(m, LinearizedAttention)]
-    return tuple(sorted({name for mixer in mixers for name in getattr(mixer, kind)}))
+    return tuple(sorted({name for mixer in _mixers(model) for name in getattr(mixer, kind)}))
 
 
 def _lr_scales(model: nn.Module, config: TrainConfig) -> dict[str, float]:
     """Submodule name → multiplier of the learning rate, as the model's mixers declare (`LinearizedAttention.lr_scales`
     names the `TrainConfig` field that holds it)."""
-    mixers = [m for m in model.modules() if isinstance(m, LinearizedAttention)]
-    return {name: getattr(config, field_name) for mixer in mixers for name, field_name in mixer.lr_scales.items()}
+    return {name: getattr(config, field) for mixer in _mixers(model) for name, field in mixer.lr_scales.items()}
+
+
+def _mixers(model: nn.Module) -> list[LinearizedAttention]:
+    return [m for m in model.modules() if isinstance(m, LinearizedAttention)]
 
 
 def _in_modules(parameter_name: str, modules: tuple[str, ...]) -> bool:
