@@ -29,7 +29,7 @@ from liger_lm.data.prose import held_out_prose
 from liger_lm.evaluation import HELD_OUT_WINDOWS, perplexity, perplexity_ratio
 from liger_lm.presets import DEFAULT_PRESET, PRESETS
 from liger_lm.run import BUDGETS, recurrent_branch_off
-from liger_lm.modeling.attention import LinearizedAttention
+from liger_lm.modeling.attention import linearized_mixers
 from liger_lm.training import train
 
 
@@ -37,7 +37,7 @@ class RandomWindow(TrainerCallback):
     """Every optimizer step runs with a window drawn from [low, the configured window]; restored after the step."""
 
     def __init__(self, model, low: int, seed: int = 0) -> None:
-        self.mixers = [m for m in model.modules() if isinstance(m, LinearizedAttention)]
+        self.mixers = linearized_mixers(model)
         self.saved = [m.liger for m in self.mixers]
         self.low, self.random = low, random.Random(seed)
 

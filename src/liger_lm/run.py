@@ -48,7 +48,7 @@ from .evaluation import (
     render_report,
 )
 from .evaluation.perplexity import POSITION_BUCKETS
-from .modeling.attention import LinearizedAttention
+from .modeling.attention import linearized_mixers
 from .generation import generate_text
 from .hardware import environment
 from .errors import DataError, TrainConfigError
@@ -311,7 +311,7 @@ class _Steps:
 def recurrent_branch_off(model: nn.Module) -> Iterator[None]:
     """Inside the block every Liger mixer runs with rec_weight = 0 (the ablation: α·0 + β·o_swa; for
     combine="shared", the window alone)."""
-    mixers = [m for m in model.modules() if isinstance(m, LinearizedAttention)]
+    mixers = linearized_mixers(model)
     saved = [m.liger for m in mixers]
     for mixer in mixers:
         # combine="shared" weighs its branches by the shared softmax, not by α/β: off, the window keeps weight 1.

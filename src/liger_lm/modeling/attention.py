@@ -133,6 +133,11 @@ class LinearizedAttention(nn.Module):
         return torch.cat([past_k, k], dim=1), torch.cat([past_v, v], dim=1), torch.cat([past_valid, valid], dim=1)
 
 
+def linearized_mixers(model: nn.Module) -> list[LinearizedAttention]:
+    """Every converted attention module of the model, in layer order."""
+    return [module for module in model.modules() if isinstance(module, LinearizedAttention)]
+
+
 def token_validity(attention_mask, length: int) -> torch.Tensor | None:
     """[B, T] bool: which of the current T tokens are real (None: all are), from the mask the model passes down.
 

@@ -50,7 +50,7 @@ from ..io import (
     write_json_atomic,
     write_text_atomic,
 )
-from ..modeling.attention import LinearizedAttention
+from ..modeling.attention import linearized_mixers
 from .config import TrainConfig, TrainConfigError, stage_plan
 from .data import training_data
 from .objectives import objective_loss
@@ -315,17 +315,14 @@ def trainable(model: nn.Module, config: TrainConfig) -> nn.Module:
 def _declared(model: nn.Module, kind: str) -> tuple[str, ...]:
     """The submodule names the model's mixers declare as theirs (`LinearizedAttention.stage_one_modules` or
     `.with_lora_modules`)."""
-    return tuple(sorted({name for mixer in _mixers(model) for name in getattr(mixer, kind)}))
+    return tuple(sorted({name for mixer in linearized_mixers(model) for name in getattr(mixer, kind)}))
 
 
 def _lr_scales(model: nn.Module, config: TrainConfig) -> dict[str, float]:
     """Submodule name → multiplier of the learning rate, as the model's mixers declare (`LinearizedAttention.lr_scales`
     names the `TrainConfig` field that holds it)."""
-    return {name: getattr(config, field) for mixer in _mixers(model) for name, field in mixer.lr_scales.items()}
-
-
-def _mixers(model: nn.Module) -> list[LinearizedAttention]:
-    return [m for m in model.modules() if isinstance(m, LinearizedAttention)]
+    declared = (item for mixer in linearized_mixers(model) for item in mixer.lr_scales.items())
+    return {name: getattr(config, field) for name, field in declared}
 
 
 def _in_modules(parameter_name: str, modules: tuple[str, ...]) -> bool:
