@@ -40,8 +40,9 @@ class Budget:
 # than 512 keep the recurrent branch helpful past 1K tokens, measured in the README), then the multiple-choice
 # suite at 200 examples per task (standard error ≤ 3.5 points) and 16K tokens of held-out prose. It also trains on
 # the prompts: the BIG-bench instructions' answers are short (2.5 % of the tokens); the held-out loss is still
-# measured on answers only. "long" is the same at 10× the tokens (about 2 hours with native bf16, 7 on an AVX2-only
-# CPU); "paper" is the paper's recipe (20 M tokens of 8 × 1024, answers only); "tiny" is a smoke test.
+# measured on answers only. "long" is the same at 11× the tokens (2–3 hours with native bf16, 7 on an AVX2-only
+# CPU; half of it gained nothing over "default", README); "paper" is the paper's recipe (20 M tokens of 8 × 1024,
+# answers only); "tiny" is a smoke test.
 BUDGETS = {
     "tiny": Budget(train_tokens=512, seq_len=64, grad_accum=2, eval_records=4, eval_examples=8, prose_tokens=0),
     "default": Budget(train_tokens=114_688, seq_len=1024, grad_accum=1, eval_records=16, eval_examples=200,
@@ -70,7 +71,7 @@ class RunOptions:
         "help": "Conversion settings (on the command line: the LigerConfig options over --preset).", "cli": False})
     budget: str = field(default="default", metadata={
         "help": "tiny (smoke test), default (about 20 min on a 2-core CPU with native bf16, 73 on an AVX2-only "
-                "one), long (10× the training, about 2 h with native bf16) or paper (20 M tokens; needs a GPU).",
+                "one), long (11× the training, 2–3 h with native bf16) or paper (20 M tokens; needs a GPU).",
         "choices": tuple(BUDGETS)})
     data: str | None = field(default=None, metadata={  # None: the preset's training data
         "help": "Fine-tuning data (default: the preset's): default (BIG-bench instructions), prose, mix, a local "
