@@ -321,8 +321,8 @@ def _declared(model: nn.Module, kind: str) -> tuple[str, ...]:
 def _lr_scales(model: nn.Module, config: TrainConfig) -> dict[str, float]:
     """Submodule name → multiplier of the learning rate, as the model's mixers declare (`LinearizedAttention.lr_scales`
     names the `TrainConfig` field that holds it)."""
-    declared = (item for mixer in linearized_mixers(model) for item in mixer.lr_scales.items())
-    return {name: getattr(config, field) for name, field in declared}
+    mixers = linearized_mixers(model)
+    return {name: getattr(config, field_name) for mixer in mixers for name, field_name in mixer.lr_scales.items()}
 
 
 def _in_modules(parameter_name: str, modules: tuple[str, ...]) -> bool:
