@@ -26,6 +26,7 @@ VARIANTS = {
     "window 64 only": dict(rec_weight=0.0, swa_weight=1.0),
     "window 64 + 4 sinks": dict(rec_weight=0.0, swa_weight=1.0, sinks=4),
     "window 128 + 4 sinks": dict(rec_weight=0.0, swa_weight=1.0, sinks=4, window=128),
+    "window 256 + 4 sinks": dict(rec_weight=0.0, swa_weight=1.0, sinks=4, window=256),
     "paper: 0.5 GLA + 0.5 window": {},
     "paper + 4 sinks": dict(sinks=4),
     "normalised 0.5 GLA + 0.5 window + 4 sinks": dict(normalize=True, sinks=4),

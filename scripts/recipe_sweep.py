@@ -6,7 +6,8 @@ Each candidate converts a fresh copy of the default model with the default prese
 candidate's "liger" entry), fine-tunes it on the preset's data with `make run`'s budget (`liger_lm.run.BUDGETS`:
 rows of 1,024 tokens, prompts trained on) for `--tokens` tokens, with the preset's training settings and the
 candidate's `TrainConfig` overrides, and scores `--eval-tokens` tokens of the held-out prose exactly as `liger run`
-does, also with the recurrent branch zeroed. Ratios are paired against the base model, scored once per sweep.
+does, also with the recurrent branch zeroed (and, with `--untrained`, before training). Ratios are paired against
+the base model, scored once per sweep. A candidate's "max_tokens" overrides `--tokens`.
 
 A candidate's "window_min" (an experiment, not a library setting) trains with a window drawn anew for every optimizer
 step, uniformly from [window_min, window], in every layer (`RandomWindow`): what the shorter window drops, the
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=BUDGETS["default"].train_tokens)
     parser.add_argument("--eval-tokens", type=int, default=BUDGETS["default"].prose_tokens)
     parser.add_argument("--out", default="sweep.jsonl")
+    parser.add_argument("--untrained", action="store_true", help="also score each candidate's conversion before training")
     args = parser.parse_args()
     preset = PRESETS[DEFAULT_PRESET]
     base, tokenizer = liger_lm.load_default_model()
@@ -69,9 +71,13 @@ def main() -> None:
         liger = {**preset.liger, **overrides.pop("liger", {})}
         window_min = overrides.pop("window_min", None)
         model = liger_lm.convert(copy.deepcopy(base), **liger)
+        untrained = {}
+        if args.untrained:
+            scored = perplexity(model, tokenizer, text, max_tokens=args.eval_tokens, **HELD_OUT_WINDOWS).to_dict()
+            untrained = {"untrained": {**perplexity_ratio(scored, reference), "by_position": scored["by_position"]}}
         callbacks = [RandomWindow(model, window_min)] if window_min else []
         config = BUDGETS["default"].train_config(overrides.pop("data", preset.data), seed=0, **preset.train)
-        config = config.replace(max_tokens=args.tokens, progress=False, **overrides)
+        config = config.replace(**{"max_tokens": args.tokens, "progress": False, **overrides})
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as folder:
             trained = train(model, tokenizer, config, f"{folder}/run", callbacks=callbacks).model
@@ -80,7 +86,7 @@ def main() -> None:
         result = perplexity(trained, tokenizer, text, max_tokens=args.eval_tokens, **HELD_OUT_WINDOWS).to_dict()
         row = {"name": name, "liger": liger, "window_min": window_min, "train": config.to_dict(),
                "train_seconds": round(seconds),
-               **result, **perplexity_ratio(result, reference)}
+               **result, **perplexity_ratio(result, reference), **untrained}
         with recurrent_branch_off(trained):
             off = perplexity(trained, tokenizer, text, max_tokens=args.eval_tokens, **HELD_OUT_WINDOWS).to_dict()
         row["recurrent_off"] = {**perplexity_ratio(off, reference), "by_position": off["by_position"]}

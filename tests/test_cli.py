@@ -93,7 +93,10 @@ def test_run_pipeline_on_a_tiny_model_then_reuse(tiny_model_dir, instruction_fil
     assert done.returncode == 0, done.stderr
     report = (out / "report.md").read_text()
     assert "recovery" in report and "Greedy generations" in report and "Llama-3-8B" in report
+    assert "learned feature maps" in report and "a D×D feature matrix per head" in report  # the default preset's
     results = json.loads((out / "results.json").read_text())
+    cache = results["cache_bytes"]  # past the window both lengths: the base cache grows 4×, Liger's stays
+    assert cache["base"]["4096"] == 4 * cache["base"]["1024"] and cache["liger"]["4096"] == cache["liger"]["1024"] > 0
     assert results["scores"]["base"][str(task_file)]["n"] == 10
     assert results["precision"] == "bf16"
     assert results["training"]["tokens_trained"] > 0 and (out / "train" / "adapter" / "adapter_config.json").is_file()

@@ -26,11 +26,12 @@ PRESETS: dict[str, Preset] = {
         Preset("paper", "the paper's Liger-GLA: 0.5 GLA + 0.5 window-64, LoRA r 8 on q/k/v, cross-entropy"),
         Preset(
             "shared",
-            "window 128 + 4 sink tokens, GLA over the tokens that left the window under one softmax normaliser; "
-            "attention transfer, then distillation (LoRA r 16 on q/k/v/o)",
-            liger=dict(window=128, sinks=4, combine="shared", rec_logit_init=0.0),
+            "window 256 + 4 sink tokens, GLA with learned feature maps over the tokens that left the window under one "
+            "softmax normaliser; attention transfer, then distillation (LoRA r 16 on q/k/v/o)",
+            liger=dict(window=256, sinks=4, combine="shared", rec_logit_init=0.0, learned_features=True),
             train=dict(stages=(dict(objective="attn", share=0.25), dict(objective="kd", share=0.75)),
-                       lora_r=16, lora_alpha=16, lora_targets=("q_proj", "k_proj", "v_proj", "o_proj")),
+                       lora_r=16, lora_alpha=16, lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"),
+                       feature_lr_scale=10.0),
             data="mix",
         ),
     )

@@ -108,6 +108,13 @@ def recovery_table_markdown(
     return "\n".join(markdown_table(header, rows)) + "\n"
 
 
+def _added_parameters(liger: dict[str, Any]) -> str:
+    """What the conversion adds to the base model's weights, in words."""
+    added = (["one logit per head and layer"] if liger["combine"] == "shared" else []) + (
+        ["a D×D feature matrix per head for q and for k"] if liger.get("learned_features") else [])
+    return "+ " + " and ".join(added) if added else "none added"
+
+
 def render_report(results: dict[str, Any]) -> str:
     """The Markdown report of a `liger run` (its results.json)."""
     liger, training, rec, sec = results["liger"], results["training"], results["recovery"], results["seconds"]
@@ -120,8 +127,9 @@ def render_report(results: dict[str, Any]) -> str:
         f"- preset `{results['preset']}`: gate={liger['gate']}, window={liger['window']}, sinks={liger['sinks']}, "
         + (f"combine=shared (ω init {liger['rec_logit_init']})" if liger["combine"] == "shared" else
            f"normalize={liger['normalize']}, α={liger['rec_weight']}, β={liger['swa_weight']}")
+        + (", learned feature maps" if liger.get("learned_features") else "")
         + f", softmax layers={liger['softmax_layers'] or 'none'}; {results['conversion']['parameters']:,} parameters"
-        + (" (+ one logit per head and layer)" if liger["combine"] == "shared" else " (none added)"),
+        + f" ({_added_parameters(liger)})",
         f"- fine-tune: {training['tokens_trained']:,} tokens (budget '{results['budget']['name']}', "
         f"{results['precision']}), {stages}, LoRA r={config['lora_r']} on {', '.join(config['lora_targets'])}; "
         f"held-out answer loss {training['eval_loss_before']} → {training['eval_loss_after']}",

@@ -65,8 +65,9 @@ class FeatureProjection(nn.Module):
         return f"heads={self.weight.shape[0]}, head_dim={self.weight.shape[1]}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[..., H, D] → [..., H, D] fp32."""
-        return (x.float()[..., None, :] @ self.weight)[..., 0, :]
+        """[..., H, D] → [..., H, D] fp32. One matmul per head over all tokens: the broadcast form x[..., None, :] @ W
+        is a batch of 1 × D products, and its weight gradient about 60× slower on CPU."""
+        return torch.einsum("...hd,hde->...he", x.float(), self.weight)
 
 
 class LigerAttention(LinearizedAttention):
