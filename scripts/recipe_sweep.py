@@ -63,7 +63,14 @@ def main() -> None:
     preset = PRESETS[DEFAULT_PRESET]
     base, tokenizer = liger_lm.load_default_model()
     text = held_out_prose()
-    reference = perplexity(base, tokenizer, text, max_tokens=args.eval_tokens, **HELD_OUT_WINDOWS).to_dict()
+
+    def score(model) -> dict:
+        return perplexity(model, tokenizer, text, max_tokens=args.eval_tokens, **HELD_OUT_WINDOWS).to_dict()
+
+    def against_base(scored: dict) -> dict:
+        return {**perplexity_ratio(scored, reference), "by_position": scored["by_position"]}
+
+    reference = score(base)
     print(f"base ppl {reference['ppl']} by position {reference['by_position']}", flush=True)
     for candidate in args.candidates:
         name, _, overrides = candidate.partition("=")
@@ -71,10 +78,7 @@ def main() -> None:
         liger = {**preset.liger, **overrides.pop("liger", {})}
         window_min = overrides.pop("window_min", None)
         model = liger_lm.convert(copy.deepcopy(base), **liger)
-        untrained = {}
-        if args.untrained:
-            scored = perplexity(model, tokenizer, text, max_tokens=args.eval_tokens, **HELD_OUT_WINDOWS).to_dict()
-            untrained = {"untrained": {**perplexity_ratio(scored, reference), "by_position": scored["by_position"]}}
+        untrained = {"untrained": against_base(score(model))} if args.untrained else {}
         callbacks = [RandomWindow(model, window_min)] if window_min else []
         config = BUDGETS["default"].train_config(overrides.pop("data", preset.data), seed=0, **preset.train)
         config = config.replace(**{"max_tokens": args.tokens, "progress": False, **overrides})
@@ -83,13 +87,12 @@ def main() -> None:
             trained = train(model, tokenizer, config, f"{folder}/run", callbacks=callbacks).model
             trained = trained.merge_and_unload().eval()
         seconds = time.perf_counter() - started
-        result = perplexity(trained, tokenizer, text, max_tokens=args.eval_tokens, **HELD_OUT_WINDOWS).to_dict()
+        result = score(trained)
         row = {"name": name, "liger": liger, "window_min": window_min, "train": config.to_dict(),
                "train_seconds": round(seconds),
                **result, **perplexity_ratio(result, reference), **untrained}
         with recurrent_branch_off(trained):
-            off = perplexity(trained, tokenizer, text, max_tokens=args.eval_tokens, **HELD_OUT_WINDOWS).to_dict()
-        row["recurrent_off"] = {**perplexity_ratio(off, reference), "by_position": off["by_position"]}
+            row["recurrent_off"] = against_base(score(trained))
         print(json.dumps({k: v for k, v in row.items() if k not in ("window_nll", "train")}), flush=True)
         with open(args.out, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
