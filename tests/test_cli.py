@@ -98,7 +98,7 @@ def test_run_pipeline_on_a_tiny_model_then_reuse(tiny_model_dir, instruction_fil
     cache = results["cache_bytes"]  # past the window both lengths: the base cache grows 4×, Liger's stays
     assert cache["base"]["4096"] == 4 * cache["base"]["1024"] and cache["liger"]["4096"] == cache["liger"]["1024"] > 0
     assert results["scores"]["base"][str(task_file)]["n"] == 10
-    assert results["precision"] == "bf16"
+    assert results["precision"] == "bf16" and "evaluation (tasks, held-out prose): bf16 autocast" in report
     assert results["training"]["tokens_trained"] > 0 and (out / "train" / "adapter" / "adapter_config.json").is_file()
     assert (out / "recovery.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -180,6 +180,19 @@ def test_convert_and_generate_every_gate_in_process(tiny_model_dir, tmp_path, ga
 def test_convert_help_lists_every_gate():
     done = liger("convert", "--help")
     assert done.returncode == 0 and all(f"{gate}:" in done.stdout for gate in liger_lm.GATES)
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_run_scores_both_models_in_its_precision(precision, dtype, tmp_path):
+    """`liger run` evaluates under the precision it trains in: bf16 forced runs the matmuls in bf16 on any CPU."""
+    from conftest import tiny_model, tiny_tokenizer
+    from liger_lm.run import RunOptions, _Steps
+
+    steps = _Steps(RunOptions(precision=precision, out=tmp_path), tmp_path, log=lambda _: None)
+    steps._base, steps._tokenizer = tiny_model("llama"), tiny_tokenizer()
+    with steps._evaluation_precision():
+        logits = steps.base()(torch.tensor([[1, 2, 3]])).logits
+    assert logits.dtype == dtype
 
 
 def test_run_report_flags_what_looks_broken():

@@ -142,6 +142,25 @@ def test_shared_starts_as_the_window_and_rec_weight_zero_turns_it_off():
     torch.testing.assert_close(off(ids).logits, window_only, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@torch.no_grad()
+def test_a_prompt_shorter_than_the_window_is_the_unmodified_model(family, monkeypatch):
+    """Nothing has left the window, so the shared softmax is softmax attention (the mixer then skips its recurrence);
+    a decode from that prompt past the window still equals one forward over the whole sequence."""
+    from liger_lm.modeling.mixer import LigerAttention
+
+    base, ids = tiny_model(family), token_ids(length=24)
+    shared = liger_lm.convert(copy.deepcopy(base), window=16, sinks=2, combine="shared", rec_logit_init=2.0,
+                              learned_features=True)
+    perturb_feature_projections(shared)
+    recurrences = []
+    general = LigerAttention._left_the_window
+    monkeypatch.setattr(LigerAttention, "_left_the_window", lambda *a: recurrences.append(1) or general(*a))
+    torch.testing.assert_close(shared(ids[:, :15]).logits, base(ids[:, :15]).logits, rtol=0, atol=1e-5)
+    assert not recurrences
+    torch.testing.assert_close(prefill_then_decode(shared, ids, 15), shared(ids).logits, rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("combine", ["sum", "shared"])
 @torch.no_grad()
 def test_learned_features_start_as_the_plain_map_and_then_change_the_recurrent_branch(combine):

@@ -346,6 +346,16 @@ def test_staged_attention_transfer_then_distillation_and_resume(instruction_file
         assert torch.allclose(a, b, atol=1e-5), name
 
 
+def test_evals_per_stage_spaces_the_held_out_evaluations_to_each_stage_end(instruction_file, tmp_path):
+    config = quick(instruction_file, stages=("attn", "kd"), eval_every=None, evals_per_stage=2, save_every=6)
+    train(converted(), tiny_tokenizer(), config, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = {stage: [r["step"] for r in records if r["stage"] == stage and "eval_loss" in r] for stage in ("1-attn", "2-kd")}
+    # 6 steps per stage, 2 evaluations each (every 3 steps, the last at the end), the first stage's start, and the second
+    # stage's start carried over from the first stage's end.
+    assert steps == {"1-attn": [0, 3, 6], "2-kd": [0, 3, 6]}
+
+
 def test_presets_are_valid_and_paper_is_the_paper():
     from liger_lm.run import BUDGETS
 

@@ -242,9 +242,10 @@ class _Steps:
                 scores[role] = json.loads(path.read_text(encoding="utf-8"))
                 continue
             self.log(f"evaluating the {role} model on {', '.join(f'{t} ({n})' for t, n in tasks.items())} …")
-            scores[role] = self._timed(f"eval_{role}", lambda: evaluate_suite(
-                model(), self.tokenizer(), tasks, seed=self.options.seed
-            ))
+            with self._evaluation_precision():
+                scores[role] = self._timed(f"eval_{role}", lambda: evaluate_suite(
+                    model(), self.tokenizer(), tasks, seed=self.options.seed
+                ))
             write_json_atomic(path, scores[role])
         return scores
 
@@ -262,7 +263,8 @@ class _Steps:
         models = {"base": self.base, "liger_untrained": self.untrained, "liger": self.trained}
 
         def held_out(model: PreTrainedModel) -> dict[str, Any]:
-            return perplexity(model, self.tokenizer(), text, max_tokens=tokens, **HELD_OUT_WINDOWS).to_dict()
+            with self._evaluation_precision():
+                return perplexity(model, self.tokenizer(), text, max_tokens=tokens, **HELD_OUT_WINDOWS).to_dict()
 
         values = {}
         for name, model in models.items():
@@ -271,7 +273,7 @@ class _Steps:
         if self.options.liger.rec_weight and self.options.liger.swa_weight:
             self.log("… and with its recurrent branch zeroed (is it used?) …")
             with recurrent_branch_off(self.trained()):
-                values["liger_recurrent_off"] = held_out(self.trained())
+                values["liger_recurrent_off"] = self._timed("prose_liger_recurrent_off", lambda: held_out(self.trained()))
         ratios = {name: perplexity_ratio(result, values["base"]) for name, result in values.items() if name != "base"}
         prose = {"source": "Quoref Wikipedia passages (BIG-bench NI subtasks 001-002), never trained on",
                  **values, "ratio_to_base": ratios}
@@ -299,6 +301,14 @@ class _Steps:
                 model(ids.to(model.device), **with_cache(cache), use_cache=True)
                 sizes[name][length] = cache_bytes(cache)
         return sizes
+
+    def _evaluation_precision(self):
+        """bf16 autocast around the task suite and the held-out prose when the run's precision resolves to bf16, as
+        the fine-tune's does (`precision`): 1.4–1.7× faster with native bf16 and ×1.0008 in perplexity on the default
+        model (README). Base and Liger models are scored alike, so their ratios stay paired; the Liger recurrence keeps
+        fp32 inside (`ops.recurrence`). The generations and cache sizes stay fp32."""
+        bf16 = self.options.training_precision() == "bf16"
+        return torch.autocast(self.base().device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def _timed(self, name: str, work: Callable[[], Any]) -> Any:
         started = time.perf_counter()

@@ -27,12 +27,13 @@ class Budget:
     eval_examples: int | None  # per task; None: the task's DEFAULT_SUITE size
     prompt_loss: bool = False  # train on prompts too (more signal per token on short-answer data)
     prose_tokens: int = 16_384  # held-out prose tokens scored (windows of 1,024; by position in windows of 4,096)
+    evals_per_stage: int = 3  # held-out answer-loss evaluations per stage (and one before the first)
 
     def train_config(self, data: str, seed: int, precision: str = "auto", **recipe: Any) -> TrainConfig:
         """The fine-tune's settings: this budget's sizes, then the preset's `recipe` (stages, LoRA, learning rate)."""
         return TrainConfig(data=data, max_tokens=self.train_tokens, seq_len=self.seq_len, grad_accum=self.grad_accum,
-                           eval_records=self.eval_records, seed=seed, prompt_loss=self.prompt_loss,
-                           precision=precision).replace(**recipe)
+                           eval_records=self.eval_records, evals_per_stage=self.evals_per_stage, seed=seed,
+                           prompt_loss=self.prompt_loss, precision=precision).replace(**recipe)
 
 
 # "default" is sized for `make run` in about 20 minutes on a 2-core CPU (25.5 on the slow 4 December Zen 4 VM;
@@ -47,7 +48,7 @@ class Budget:
 BUDGETS = {
     "tiny": Budget(train_tokens=512, seq_len=64, grad_accum=2, eval_records=4, eval_examples=8, prose_tokens=0),
     "default": Budget(train_tokens=57_344, seq_len=1024, grad_accum=1, eval_records=16, eval_examples=200,
-                      prompt_loss=True),
+                      prompt_loss=True, evals_per_stage=1),
     "long": Budget(train_tokens=1_310_720, seq_len=1024, grad_accum=1, eval_records=64, eval_examples=200,
                    prompt_loss=True),
     "paper": Budget(train_tokens=20_000_000, seq_len=1024, grad_accum=8, eval_records=256, eval_examples=None),
@@ -82,7 +83,8 @@ class RunOptions:
         "syntax": "tasks"})
     seed: int = field(default=0, metadata={"help": "Seed of the conversion, fine-tune and task sampling."})
     precision: str = field(default="auto", metadata={
-        "help": "Fine-tune precision: auto (bf16 where the hardware runs it natively), fp32 or bf16.",
+        "help": "Precision of the fine-tune and of the task and prose evaluations: auto (bf16 autocast where the "
+                "hardware runs it natively), fp32 or bf16.",
         "choices": PRECISIONS})
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS), metadata={
         "help": "Prompts answered greedily by the base and the Liger model in the report; repeat for several "
@@ -118,7 +120,7 @@ class RunOptions:
         return json.loads(json.dumps(settings))  # as stored in run.json
 
     def training_precision(self) -> str:
-        """The fine-tune's precision as resolved on this machine: "bf16" or "fp32"."""
+        """The precision of the fine-tune and of the evaluations as resolved on this machine: "bf16" or "fp32"."""
         from .training.trainer import use_bf16  # reads the hardware through torch, which these settings do not need
 
         return "bf16" if use_bf16(self.precision) else "fp32"

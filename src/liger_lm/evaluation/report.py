@@ -108,6 +108,13 @@ def recovery_table_markdown(
     return "\n".join(markdown_table(header, rows)) + "\n"
 
 
+def _evaluation_precision(precision: str) -> str:
+    """How `liger run` scored both models (its `precision`, resolved on the machine that ran it)."""
+    if precision == "bf16":
+        return "bf16 autocast (the Liger recurrence in fp32), the base and Liger models alike"
+    return "fp32"
+
+
 def _added_parameters(liger: dict[str, Any]) -> str:
     """What the conversion adds to the base model's weights, in words."""
     added = (["one logit per head and layer"] if liger["combine"] == "shared" else []) + (
@@ -133,6 +140,7 @@ def render_report(results: dict[str, Any]) -> str:
         f"- fine-tune: {training['tokens_trained']:,} tokens (budget '{results['budget']['name']}', "
         f"{results['precision']}), {stages}, LoRA r={config['lora_r']} on {', '.join(config['lora_targets'])}; "
         f"held-out answer loss {training['eval_loss_before']} → {training['eval_loss_after']}",
+        f"- evaluation (tasks, held-out prose): {_evaluation_precision(results['precision'])}",
         "- time of this invocation (s): " + ", ".join(f"{k} {v}" for k, v in sec.items()),
         "",
     ]

@@ -144,6 +144,10 @@ class LigerAttention(LinearizedAttention):
             return self._shared_decode(q, k, v, position_embeddings, cache)
         (o_swa, lse), stream = self._sliding_window(q, k, v, valid, position_embeddings, cache, with_lse=True)
         raw_keys = k if cache is None or cache.raw_keys is None else torch.cat([cache.raw_keys, k], dim=1)
+        if stream[0].shape[1] < self.liger.window and (cache is None or cache.state is None):
+            # Every key so far is inside the window (a prompt shorter than it): nothing has left it, so the shared
+            # softmax is the window's alone (N = Z = 0 below gives the same), and there is no state yet.
+            return o_swa.float(), None, (*stream, raw_keys)
         numerator, normaliser, state = self._left_the_window(q, raw_keys, stream, cache)
         return _shared_output(o_swa, lse, numerator, normaliser, self.rec_logit()), state, (*stream, raw_keys)
 

@@ -71,8 +71,11 @@ class TrainConfig:
     prompt_loss: bool = field(default=False, metadata={
         "help": "Also train on prompt tokens (the paper: responses only; the held-out loss always is)."})
     eval_every: int | None = field(default=None, metadata={
-        "help": "Optimizer steps between held-out evaluations (default: a third of a stage; also at its start and "
-                "end).", "min": 1})
+        "help": "Optimizer steps between held-out evaluations (default: --evals-per-stage; also before the first "
+                "stage and at each stage's end).", "min": 1})
+    evals_per_stage: int = field(default=3, metadata={
+        "help": "Held-out evaluations per stage without --eval-every, evenly spaced, the last at the stage's end.",
+        "min": 1})
     save_every: int | None = field(default=None, metadata={
         "help": "Optimizer steps between checkpoints (default: about 10 per run).", "min": 1})
     log_every: int = field(default=1, metadata={"help": "Optimizer steps between log lines.", "min": 1})
@@ -118,7 +121,8 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise TrainConfigError(f"{name} must be a finite number, got {value!r}")
         positive = {"max_tokens": self.max_tokens, "seq_len": self.seq_len, "batch_size": self.batch_size,
-                    "grad_accum": self.grad_accum, "lr": self.lr, "lora_r": self.lora_r, "lora_alpha": self.lora_alpha}
+                    "grad_accum": self.grad_accum, "lr": self.lr, "lora_r": self.lora_r, "lora_alpha": self.lora_alpha,
+                    "evals_per_stage": self.evals_per_stage}
         for name, value in positive.items():
             if not value > 0:
                 raise TrainConfigError(f"{name} must be > 0, got {value}")

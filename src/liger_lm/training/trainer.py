@@ -59,7 +59,7 @@ COMPLETE = "COMPLETE"
 SETTINGS = "train_config.json"
 # Settings a resumed run may change: they decide when checkpoints are saved, losses logged and evaluated, and whether
 # merged weights are written at the end, not what is trained.
-FREE_ON_RESUME = ("save_every", "eval_every", "log_every", "merge", "progress")
+FREE_ON_RESUME = ("save_every", "eval_every", "evals_per_stage", "log_every", "merge", "progress")
 logger = logging.getLogger(__name__)
 
 
@@ -351,7 +351,8 @@ def _training_arguments(
         use_cpu=resolve_device().type == "cpu",
         eval_strategy="steps" if has_eval else "no",
         eval_on_start=eval_first,
-        eval_steps=config.eval_every or max(1, math.ceil(steps / 3)),  # and at the end (`_run_stage`)
+        eval_steps=config.eval_every or max(1, math.ceil(steps / config.evals_per_stage)),  # and at the end
+                                                                                                # (`_run_stage`)
         save_strategy="steps",
         save_steps=config.save_every or max(1, steps // 10),
         save_total_limit=2,
