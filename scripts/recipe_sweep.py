@@ -5,9 +5,10 @@
 Each candidate converts a fresh copy of the default model with the default preset's conversion settings (or the
 candidate's "liger" entry), fine-tunes it on the preset's data with `make run`'s budget (`liger_lm.run.BUDGETS`:
 rows of 1,024 tokens, prompts trained on) for `--tokens` tokens, with the preset's training settings and the
-candidate's `TrainConfig` overrides, and scores `--eval-tokens` tokens of the held-out prose exactly as `liger run`
-does, also with the recurrent branch zeroed (and, with `--untrained`, before training). Ratios are paired against
-the base model, scored once per sweep. A candidate's "max_tokens" overrides `--tokens`.
+candidate's `TrainConfig` overrides, and scores `--eval-tokens` tokens of the held-out prose as `liger run` does
+(positions from the novel; fp32), also with the recurrent branch zeroed (and, with `--untrained`, before training).
+Ratios are paired against the base model, scored once per sweep; `recurrent_off.far` is zeroed / used at positions
+1,024 and later of the novel (`liger_lm.run.branch_ablation`). A candidate's "max_tokens" overrides `--tokens`.
 
 A candidate's "window_min" (an experiment, not a library setting) trains with a window drawn anew for every optimizer
 step, uniformly from [window_min, window], in every layer (`RandomWindow`): what the shorter window drops, the
@@ -26,10 +27,10 @@ import time
 from transformers import TrainerCallback
 
 import liger_lm
-from liger_lm.data.prose import held_out_prose
+from liger_lm.data.prose import held_out_novel, held_out_prose
 from liger_lm.evaluation import HELD_OUT_WINDOWS, perplexity, perplexity_ratio
 from liger_lm.presets import DEFAULT_PRESET, PRESETS
-from liger_lm.run import BUDGETS, recurrent_branch_off
+from liger_lm.run import BUDGETS, branch_ablation, recurrent_branch_off
 from liger_lm.modeling.attention import linearized_mixers
 from liger_lm.training import train
 
@@ -62,10 +63,11 @@ def main() -> None:
     args = parser.parse_args()
     preset = PRESETS[DEFAULT_PRESET]
     base, tokenizer = liger_lm.load_default_model()
-    text = held_out_prose()
+    text, novel = held_out_prose(), held_out_novel()
 
     def score(model) -> dict:
-        return perplexity(model, tokenizer, text, max_tokens=args.eval_tokens, **HELD_OUT_WINDOWS).to_dict()
+        return perplexity(model, tokenizer, text, max_tokens=args.eval_tokens, long_text=novel,
+                          **HELD_OUT_WINDOWS).to_dict()
 
     def against_base(scored: dict) -> dict:
         return {**perplexity_ratio(scored, reference), "by_position": scored["by_position"]}
@@ -92,8 +94,9 @@ def main() -> None:
                "train_seconds": round(seconds),
                **result, **perplexity_ratio(result, reference), **untrained}
         with recurrent_branch_off(trained):
-            row["recurrent_off"] = against_base(score(trained))
-        print(json.dumps({k: v for k, v in row.items() if k not in ("window_nll", "train")}), flush=True)
+            zeroed = score(trained)
+        row["recurrent_off"] = {**against_base(zeroed), "far": branch_ablation(zeroed, result)["far"]}
+        print(json.dumps({k: v for k, v in row.items() if k not in ("window_nll", "block_nll", "train")}), flush=True)
         with open(args.out, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
 

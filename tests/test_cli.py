@@ -185,49 +185,64 @@ def test_convert_help_lists_every_gate():
 @pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
 def test_run_scores_both_models_in_its_precision(precision, dtype, tmp_path):
     """`liger run` evaluates under the precision it trains in: bf16 forced runs the matmuls in bf16 on any CPU."""
-    from conftest import tiny_model, tiny_tokenizer
+    from conftest import tiny_model
     from liger_lm.run import RunOptions, _Steps
 
     steps = _Steps(RunOptions(precision=precision, out=tmp_path), tmp_path, log=lambda _: None)
-    steps._base, steps._tokenizer = tiny_model("llama"), tiny_tokenizer()
-    with steps._evaluation_precision():
-        logits = steps.base()(torch.tensor([[1, 2, 3]])).logits
+    model = tiny_model("llama").requires_grad_(False)  # as a fine-tuned model merged from LoRA
+    model.lm_head.weight.requires_grad_(True)
+    logits = steps._in_evaluation_precision(model, lambda m: m(torch.tensor([[1, 2, 3]])).logits)
     assert logits.dtype == dtype
+    # weights require grad inside only for autocast's cache of their bf16 copies, and are frozen again after
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["lm_head.weight"]
 
 
 def test_run_report_flags_what_looks_broken():
     from liger_lm.run import findings
 
-    results = {
-        "generations": [{"prompt": "Hi?", "base": "Hello.", "liger": "  "}, {"prompt": "Sea?", "base": "x", "liger": "y"}],
-        "cache_bytes": {"liger": {128: 0, 1024: 7_000}},
-        "prose": {"ratio_to_base": {"liger": {"ratio": 2.4, "log_ratio_se": 0.1}},
-                  # zeroing costs 0.5 %, within two paired standard errors (0.4 %); past 1,024 tokens it even helps
-                  "recurrent_branch_zeroed": {"ratio": 1.005, "log_ratio_se": 0.004,
-                                              "by_position": {"0-64": 1.0, "64-1024": 1.01, "1024-4096": 0.998}}},
-    }
-    found = findings(results)
-    assert len(found) == 5
+    def results(far_ratio: float) -> dict:
+        far = {"from_position": 1024, "ratio": far_ratio, "log_ratio_se": 0.002}
+        return {
+            "generations": [{"prompt": "Hi?", "base": "Hello.", "liger": "  "},
+                            {"prompt": "Sea?", "base": "x", "liger": "y"}],
+            "cache_bytes": {"liger": {128: 0, 1024: 7_000}},
+            "prose": {"ratio_to_base": {"liger": {"ratio": 2.4, "log_ratio_se": 0.1}},
+                      "recurrent_branch_zeroed": {"ratio": 1.005, "log_ratio_se": 0.004, "far": far,
+                                                  "by_position": {"0-64": 1.0, "64-1024": 1.01, "1024-4096": far_ratio}}},
+        }
+
+    # far beyond the window, zeroing the branch costs 0.3 %: within two paired standard errors (0.4 %), so unused
+    found = findings(results(1.003))
+    assert len(found) == 4
     assert "empty string" in found[0] and "'Hi?'" in found[0]
     assert "after 128 tokens holds 0 bytes" in found[1]
     assert "2.40× the base" in found[2]
-    assert "does not use it" in found[3]
-    assert "1024-4096" in found[4] and "hurts" in found[4]
-    used = {"ratio": 1.005, "log_ratio_se": 0.002, "by_position": {"0-64": 1.0, "64-1024": 1.01, "1024-4096": 1.002}}
-    healthy = {**results, "generations": results["generations"][1:], "cache_bytes": {"liger": {128: 7_000}},
-               "prose": {"ratio_to_base": {"liger": {"ratio": 1.2}}, "recurrent_branch_zeroed": used}}
+    assert "does not use it" in found[3] and "1,024 and later" in found[3]
+    # zeroing it helps by 0.5 %, beyond two standard errors: the branch hurts there
+    assert "the branch hurts" in findings(results(0.995))[3]
+    # zeroing it costs 0.5 %: used; with a sound answer, cache and perplexity nothing is flagged
+    healthy = results(1.005)
+    healthy.update(generations=healthy["generations"][1:], cache_bytes={"liger": {128: 7_000}})
+    healthy["prose"]["ratio_to_base"]["liger"]["ratio"] = 1.2
     assert findings(healthy) == []
 
 
 def test_branch_ablation_pairs_the_windows_of_the_zeroed_and_the_used_model():
     from liger_lm.run import branch_ablation
 
-    used = {"window_nll": [3.0, 3.2, 2.8], "by_position": {"0-64": 40.0, "64-1024": 20.0}}
-    zeroed = {"window_nll": [3.1, 3.3, 2.9], "by_position": {"0-64": 40.0, "64-1024": 21.0}}
+    # two long windows of 6 blocks of 256 tokens: blocks 4 and 5 lie at positions 1,024 and later
+    used = {"window_nll": [3.0, 3.2, 2.8], "by_position": {"0-64": 40.0, "64-1024": 20.0},
+            "block_nll": [[9, 9, 9, 9, 2.0, 2.2], [9, 9, 9, 9, 3.0, 3.0]], "block": 256}
+    zeroed = {"window_nll": [3.1, 3.3, 2.9], "by_position": {"0-64": 40.0, "64-1024": 21.0},
+              "block_nll": [[0, 0, 0, 0, 2.1, 2.2], [0, 0, 0, 0, 3.1, 3.0]], "block": 256}
     result = branch_ablation(zeroed, used)
     assert result["ratio"] == pytest.approx(math.exp(0.1), abs=1e-4)
     assert result["log_ratio_se"] == pytest.approx(0.0, abs=1e-6)  # the same +0.1 in every window: no spread
     assert result["by_position"] == {"0-64": 1.0, "64-1024": 1.05}
+    # far: differences 0.1, 0, 0.1, 0 → mean 0.05, sample std 0.0577, standard error 0.0289 (the early blocks unused)
+    assert result["far"]["from_position"] == 1024
+    assert result["far"]["ratio"] == pytest.approx(math.exp(0.05), abs=1e-4)
+    assert result["far"]["log_ratio_se"] == pytest.approx(0.0289, abs=1e-4)
 
 
 def test_progress_lines_print_brackets_as_written(capsys):

@@ -18,7 +18,7 @@ from tokenizers import processors
 
 from conftest import tiny_tokenizer
 from liger_lm.data import DataError, MultipleChoiceExample
-from liger_lm.data import bigbench
+from liger_lm.data import bigbench, sdist
 from liger_lm.data.instructions import MAX_EXAMPLE_CHARS, load_instruction_records, task_definition, text_chunks
 from liger_lm.data.packing import ALPACA_TEMPLATE, IGNORE_INDEX, format_prompt, pack_records
 from liger_lm.data.tasks import (
@@ -308,13 +308,13 @@ def write_extracted(root, files: dict[str, dict]) -> None:
 @pytest.fixture
 def fake_cache(tmp_path, monkeypatch):
     """An already extracted BIG-bench cache holding the given files (dict relative path → JSON)."""
-    monkeypatch.setenv(bigbench.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(sdist.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv(bigbench.SDIST_ENV, raising=False)
 
     def build(files: dict[str, dict]):
         root = tmp_path / "cache" / f"bigbench-{bigbench.BIGBENCH_VERSION}"
         write_extracted(root, files)
-        (root / bigbench.MARKER).write_text("{}")
+        (root / sdist.MARKER).write_text("{}")
         return root
 
     return build
@@ -362,24 +362,24 @@ def test_extracts_only_the_needed_files_once(tmp_path, monkeypatch):
         TASKS_PREFIX + "arithmetic/task.json": b"{}",
         "bigbench-1.0.0/setup.py": b"",
     }
-    sdist = tmp_path / "bigbench-1.0.0.tar.gz"
-    sdist.write_bytes(sdist_bytes(members))
-    monkeypatch.setenv(bigbench.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setenv(bigbench.SDIST_ENV, str(sdist))
+    tarball = tmp_path / "bigbench-1.0.0.tar.gz"
+    tarball.write_bytes(sdist_bytes(members))
+    monkeypatch.setenv(sdist.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(bigbench.SDIST_ENV, str(tarball))
     root = bigbench.bigbench_root()
     assert root == tmp_path / "cache" / "bigbench-1.0.0"
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-    assert files == [bigbench.MARKER, "goal_step_wikihow/step_ordering/task.json",
+    assert files == [sdist.MARKER, "goal_step_wikihow/step_ordering/task.json",
                      "natural_instructions/subtask001_x/task.json", "social_iqa/task.json"]
     assert bigbench.read_task_json("social_iqa/task.json") == {"b": 2}
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["bigbench-1.0.0"]  # no staging folder left
-    sdist.unlink()  # later calls reuse the cache without the sdist
+    tarball.unlink()  # later calls reuse the cache without the sdist
     assert bigbench.bigbench_root() == root
     assert bigbench.subtask_path("subtask001") == "natural_instructions/subtask001_x/task.json"
 
 
 def test_bad_sdist_leaves_no_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(bigbench.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(sdist.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv(bigbench.SDIST_ENV, str(tmp_path / "missing.tar.gz"))
     with pytest.raises(DataError, match="LIGER_LM_BIGBENCH_SDIST=.*does not exist"):
         bigbench.bigbench_root()
@@ -396,8 +396,29 @@ def test_bad_sdist_leaves_no_cache(tmp_path, monkeypatch):
     assert list((tmp_path / "cache").iterdir()) == []
 
 
+def test_held_out_novel_is_the_story_between_gutenbergs_header_and_licence(tmp_path, monkeypatch):
+    from liger_lm.data.prose import NOVEL, held_out_novel
+
+    book = ("\ufeffProject Gutenberg's Botchan\r\nlicence words\r\n*** START OF THIS PROJECT GUTENBERG EBOOK BOTCHAN ***"
+            "\r\nChapter I\r\nA story.\r\n\r\nEnd of Project Gutenberg's Botchan\r\n*** END OF ... ***\r\nlicence\r\n")
+    tarball = tmp_path / "sentencepiece-0.2.0.tar.gz"
+    tarball.write_bytes(sdist_bytes({"sentencepiece-0.2.0/test/botchan.txt": book.encode(),
+                                     "sentencepiece-0.2.0/test/other.txt": b"x"}))
+    monkeypatch.setenv(sdist.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(NOVEL.env, str(tarball))
+    assert held_out_novel() == "Chapter I\nA story."
+    assert sorted(p.name for p in NOVEL.root().iterdir()) == [sdist.MARKER, "botchan.txt"]
+    (NOVEL.root() / "botchan.txt").write_text("a text without Gutenberg's lines")
+    with pytest.raises(DataError, match="lacks Project Gutenberg's start and end lines"):
+        held_out_novel()
+    monkeypatch.setenv(sdist.CACHE_ENV, str(tmp_path / "other-cache"))
+    tarball.write_bytes(sdist_bytes({"sentencepiece-0.2.0/setup.py": b""}))
+    with pytest.raises(DataError, match="does not contain the novel Botchan"):
+        held_out_novel()
+
+
 def test_pip_failure_says_how_to_work_offline(tmp_path, monkeypatch):
-    monkeypatch.setenv(bigbench.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(sdist.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.delenv(bigbench.SDIST_ENV, raising=False)
     seen = []
 
@@ -405,7 +426,7 @@ def test_pip_failure_says_how_to_work_offline(tmp_path, monkeypatch):
         seen.append(command)
         return subprocess.CompletedProcess(command, 1, stderr="WARNING: retrying\nERROR: No matching distribution found for bigbench==1.0.0\n")
 
-    monkeypatch.setattr(bigbench.subprocess, "run", failing_pip)
+    monkeypatch.setattr(sdist.subprocess, "run", failing_pip)
     with pytest.raises(DataError, match=r"No matching distribution.*LIGER_LM_BIGBENCH_SDIST=/path/to/bigbench-1.0.0.tar.gz") as caught:
         bigbench.bigbench_root()
     assert "\n" not in str(caught.value)

@@ -487,3 +487,31 @@ def test_prose_perplexity_against_independent_forwards_and_positions():
     assert same == {"ratio": 1.0, "log_ratio_se": 0.0}
     with pytest.raises(liger_lm.evaluation.EvaluationError, match="fewer than"):
         perplexity(model, tokenizer, text, max_tokens=960, context=32, long_context=64)
+
+
+def test_positions_and_blocks_come_from_the_long_text_when_given():
+    from liger_lm.evaluation import long_context_ratio
+
+    model, tokenizer = tiny_model("llama"), tiny_tokenizer()
+    generator = torch.Generator().manual_seed(4)
+    short_ids, long_ids = (torch.randint(4, 97, (n,), generator=generator).tolist() for n in (8 * 33, 2 * 129))
+    text, novel = (" ".join(tokenizer.convert_ids_to_tokens(ids)) for ids in (short_ids, long_ids))
+    result = perplexity(model, tokenizer, text, max_tokens=256, context=32, long_context=128, long_text=novel).to_dict()
+    alone = perplexity(model, tokenizer, text, max_tokens=256, context=32, long_context=128).to_dict()
+    assert result["window_nll"] == alone["window_nll"]  # the short windows read `text` either way
+    # Independent: each 129-token window of the long text in one forward; blocks of gcd(256, 128) = 128 tokens.
+    per_token = []
+    for start in (0, 129):
+        window = torch.tensor(long_ids[start : start + 129])[None]
+        with torch.no_grad():
+            per_token.append(F.cross_entropy(model(window).logits[0, :-1], window[0, 1:], reduction="none"))
+    per_token = torch.stack(per_token)  # [2, 128]
+    assert result["block"] == 128
+    assert result["block_nll"] == [pytest.approx([row.mean().item()], abs=1e-4) for row in per_token]
+    assert result["by_position"]["64-128"] == pytest.approx(math.exp(per_token[:, 64:].mean().item()), rel=1e-3)
+    shifted = {**result, "block_nll": [[x + 0.1 for x in row] for row in result["block_nll"]]}
+    assert long_context_ratio(shifted, result, start=0) == {"ratio": round(math.exp(0.1), 4), "log_ratio_se": 0.0}
+    with pytest.raises(liger_lm.evaluation.EvaluationError, match="cannot pair blocks"):
+        long_context_ratio(result, result, start=64)
+    with pytest.raises(liger_lm.evaluation.EvaluationError, match="at least one window"):
+        perplexity(model, tokenizer, text, max_tokens=64, context=32, long_context=128, long_text=novel)

@@ -11,7 +11,7 @@ length L, batch 1:
 The GGUF runs in the type `weights` asks for: "stored" as it is (the default model: Q4_1, 5 bits per weight), or
 requantised by llama.cpp's own quantizer (`llama_model_quantize`, requantisation allowed) to "q8_0" (8.5 bits per
 weight, what a Q8_0 model reads; the values are the stored ones re-rounded, so this measures speed, not quality) or
-"f16", cached under <cache>/gguf/ (the liger-lm cache, see `liger_lm.data.bigbench.cache_root`) and reused while the
+"f16", cached under <cache>/gguf/ (the liger-lm cache, see `liger_lm.data.sdist.cache_root`) and reused while the
 source file is unchanged. llama.cpp's default KV cache (f16).
 The measurement runs in a forked child process where the platform has fork: a crash inside the compiled library
 (llama-cpp-python 0.3.36 built with its default OpenMP threads segfaulted in `llama_decode` on this project's CPU
@@ -101,7 +101,7 @@ def run_llama_cpp(model: str, lengths: list[int], decode_tokens: int, log: Calla
 def requantized(source: Path, weights: str, threads: int) -> Path:
     """`source` requantised by llama.cpp to `weights` (a GGUF_TYPES key), cached under <cache>/gguf/ and named
     `<source stem>.<key of the source's path, size and mtime>.<TYPE>.gguf`, so an edited source is requantised again."""
-    from ..data.bigbench import cache_root
+    from ..data.sdist import cache_root
     from ..io import atomic_file
 
     stat = source.stat()

@@ -1,47 +1,34 @@
-"""The offline data source: task files of the BIG-bench 1.0.0 source distribution on PyPI, cached per user.
+"""The BIG-bench 1.0.0 source distribution on PyPI (`liger_lm.data.sdist`): its task files, cached per user.
 
-`bigbench_root()` downloads the sdist once with pip (`pip download --no-deps --no-binary :all: bigbench==1.0.0`;
-the package is never installed), streams the tarball and keeps only the task files this package reads:
+`bigbench_root()` downloads the sdist once with pip (the package is never installed), streams the tarball and keeps
+only the task files this package reads:
 
     <cache>/bigbench-1.0.0/natural_instructions/subtask001_.../task.json   (61 Natural Instructions subtasks)
     <cache>/bigbench-1.0.0/social_iqa/task.json
     <cache>/bigbench-1.0.0/goal_step_wikihow/{goal_inference,step_inference,step_ordering}/task.json
 
-<cache> is `$LIGER_LM_CACHE`, else `$XDG_CACHE_HOME/liger-lm`, else `~/.cache/liger-lm`. Without network access,
-download `bigbench-1.0.0.tar.gz` elsewhere and point `$LIGER_LM_BIGBENCH_SDIST` at it.
+Without network access, download `bigbench-1.0.0.tar.gz` elsewhere and point `$LIGER_LM_BIGBENCH_SDIST` at it.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import re
-import subprocess
-import sys
-import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
-from ..io import atomic_directory, write_json_atomic
 from .errors import DataError
-
-logger = logging.getLogger(__name__)
+from .sdist import SdistData
 
 BIGBENCH_VERSION = "1.0.0"
-SDIST_NAME = f"bigbench-{BIGBENCH_VERSION}.tar.gz"
-SDIST_URL = f"https://pypi.org/project/bigbench/{BIGBENCH_VERSION}/#files"
-CACHE_ENV = "LIGER_LM_CACHE"
 SDIST_ENV = "LIGER_LM_BIGBENCH_SDIST"
-MARKER = ".extracted.json"  # written last: its presence means the extraction finished
-
 # Task files kept from the tarball, relative to bigbench/benchmark_tasks/ (names are [\w-]+: nothing can escape the root).
-_WANTED = re.compile(
-    rf"bigbench-{re.escape(BIGBENCH_VERSION)}/bigbench/benchmark_tasks/"
-    r"((?:natural_instructions/subtask\d{3}_[\w-]+|social_iqa|goal_step_wikihow/[\w-]+)/task\.json)"
+BIGBENCH = SdistData(
+    package="bigbench", version=BIGBENCH_VERSION,
+    wanted=re.compile(rf"bigbench-{re.escape(BIGBENCH_VERSION)}/bigbench/benchmark_tasks/"
+                      r"((?:natural_instructions/subtask\d{3}_[\w-]+|social_iqa|goal_step_wikihow/[\w-]+)/task\.json)"),
+    required=("social_iqa/task.json", "natural_instructions/subtask*/task.json"),
+    contents="the BIG-bench task files", size="about 360 MB", env=SDIST_ENV,
 )
 
 # Natural Instructions subtasks used for evaluation (`liger_lm.data.tasks`), by task name.
@@ -62,25 +49,9 @@ TRAINING_EXCLUDED_SUBTASKS: frozenset[str] = frozenset(
 )
 
 
-def cache_root() -> Path:
-    """The user's liger-lm cache folder (not created here)."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "liger-lm"
-
-
 def bigbench_root() -> Path:
     """Folder of the extracted BIG-bench task files; downloads and extracts them on first use."""
-    root = cache_root() / f"bigbench-{BIGBENCH_VERSION}"
-    if (root / MARKER).is_file():
-        return root
-    if os.environ.get(SDIST_ENV):
-        _extract(_local_sdist(Path(os.environ[SDIST_ENV]).expanduser()), root)
-    else:
-        with tempfile.TemporaryDirectory(prefix="liger-lm-bigbench-") as download_dir:
-            _extract(_download_sdist(Path(download_dir)), root)
-    return root
+    return BIGBENCH.root()
 
 
 def read_task_json(relative: str | Path) -> dict[str, Any]:
@@ -108,50 +79,3 @@ def subtask_path(prefix: str) -> str:
         raise DataError(f"expected one Natural Instructions subtask named {prefix}*, found {matches}; "
                         f"delete {bigbench_root()} to extract it again")
     return f"natural_instructions/{matches[0]}/task.json"
-
-
-def _local_sdist(path: Path) -> Path:
-    if not path.is_file():
-        raise DataError(f"{SDIST_ENV}={path} does not exist; point it at a downloaded {SDIST_NAME} ({SDIST_URL})")
-    return path
-
-
-def _download_sdist(folder: Path) -> Path:
-    """`pip download` the sdist into `folder` (pip's own progress is shown); a failure becomes one actionable line."""
-    logger.info("downloading the BIG-bench %s source distribution (about 360 MB) with pip, once", BIGBENCH_VERSION)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               f"bigbench=={BIGBENCH_VERSION}", "-d", str(folder)]
-    result = subprocess.run(command, stderr=subprocess.PIPE, text=True, check=False)
-    found = sorted(folder.glob("bigbench-*.tar.gz"))
-    if result.returncode != 0 or not found:
-        errors = [line.strip() for line in result.stderr.splitlines() if line.strip()]
-        reason = errors[-1] if errors else f"pip exited with code {result.returncode}"
-        raise DataError(
-            f"could not download {SDIST_NAME} with pip ({reason}); if this machine is offline, download it from "
-            f"{SDIST_URL} and set {SDIST_ENV}=/path/to/{SDIST_NAME}"
-        )
-    return found[0]
-
-
-def _extract(sdist: Path, root: Path) -> None:
-    """Stream `sdist` once and write the wanted task files under `root`, atomically (staging folder + rename)."""
-    root.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with atomic_directory(root, overwrite=True) as staging:
-        with tqdm.wrapattr(open(sdist, "rb"), "read", total=sdist.stat().st_size, desc="extracting BIG-bench tasks",
-                           unit="B", unit_scale=True, unit_divisor=1024) as raw:
-            try:
-                with tarfile.open(fileobj=raw, mode="r|gz") as tar:
-                    for member in tar:
-                        match = _WANTED.fullmatch(member.name)
-                        if match and member.isfile():
-                            target = staging / match.group(1)
-                            target.parent.mkdir(parents=True, exist_ok=True)
-                            target.write_bytes(tar.extractfile(member).read())
-                            count += 1
-            except (tarfile.TarError, OSError, EOFError) as err:
-                raise DataError(f"cannot read {sdist} as a gzipped tarball ({err}); "
-                                f"download {SDIST_NAME} again ({SDIST_URL})") from err
-        if not (staging / "social_iqa" / "task.json").is_file() or not any(staging.glob("natural_instructions/subtask*")):
-            raise DataError(f"{sdist} does not contain the BIG-bench task files; it must be {SDIST_NAME} from {SDIST_URL}")
-        write_json_atomic(staging / MARKER, {"sdist": sdist.name, "files": count})

@@ -10,6 +10,11 @@ general English prose of several kinds, and are used as plain language-modelling
   background paragraphs (059–061).
 The BIG-bench data is Apache-2.0; the underlying passages come from those datasets (Wikipedia text is CC BY-SA).
 Quoref's subtasks are excluded from the instruction records too (`bigbench.TRAINING_EXCLUDED_SUBTASKS`).
+
+Those passages are short (Quoref's: median 424 tokens), so nothing in them lies thousands of tokens back. For
+positions in long contexts there is a novel, `held_out_novel` (never trained on): Natsume Sōseki's *Botchan* in
+Yasotaro Morri's 1919 English translation, Project Gutenberg eBook #8868 (public domain in the U.S.), as the
+sentencepiece 0.2.0 sdist ships it for its tests (`test/botchan.txt`; the package is Apache-2.0).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import re
 
 from .bigbench import HELD_OUT_PROSE_SUBTASKS, natural_instruction_subtasks, read_task_json
+from .errors import DataError
+from .sdist import SdistData
 from .text import text_chunks
 
 TRAINING_PROSE_SUBTASKS = tuple(f"subtask{i:03d}" for i in (*range(22, 29), *range(48, 62)))
@@ -62,3 +69,23 @@ def training_prose_records() -> list[dict[str, str]]:
 def held_out_prose() -> str:
     """The evaluation prose: Quoref's Wikipedia passages, separated by blank lines."""
     return "\n\n".join(passages(HELD_OUT_PROSE_SUBTASKS))
+
+
+NOVEL = SdistData(
+    package="sentencepiece", version="0.2.0", wanted=re.compile(r"sentencepiece-0\.2\.0/test/(botchan\.txt)"),
+    required=("botchan.txt",), contents="the novel Botchan (test/botchan.txt)", size="2.6 MB",
+    env="LIGER_LM_SENTENCEPIECE_SDIST",
+)
+_GUTENBERG_START = "*** START OF THIS PROJECT GUTENBERG EBOOK"
+_GUTENBERG_END = "End of Project Gutenberg's"
+
+
+def held_out_novel() -> str:
+    """Botchan (module docstring) between Project Gutenberg's header and its licence: one story, 65,673 tokens with
+    the default model's tokenizer."""
+    path = NOVEL.root() / "botchan.txt"
+    text = path.read_text(encoding="utf-8-sig").replace("\r\n", "\n")
+    start, end = text.find(_GUTENBERG_START), text.find(_GUTENBERG_END)
+    if start < 0 or end < start:
+        raise DataError(f"{path} lacks Project Gutenberg's start and end lines; delete {NOVEL.root()} to extract it again")
+    return text[text.index("\n", start) + 1 : end].strip()

@@ -9,7 +9,7 @@ Read in this order:
 """
 
 from ..errors import EvaluationError
-from .perplexity import HELD_OUT_WINDOWS, PerplexityResult, perplexity, perplexity_ratio
+from .perplexity import HELD_OUT_WINDOWS, PerplexityResult, long_context_ratio, perplexity, perplexity_ratio
 from .report import plot_recovery, recovery_table_markdown, render_report
 from .scoring import (
     accuracy_standard_error,
@@ -35,6 +35,7 @@ __all__ = [
     "parse_task_spec",
     "perplexity",
     "perplexity_ratio",
+    "long_context_ratio",
     "plot_recovery",
     "read_source_text",
     "recovery",

@@ -3,7 +3,9 @@
 - Sliding windows (the default; `liger eval --ppl`): Hugging Face's "perplexity of fixed-length models", counted
   exactly.
 - Held-out (`long_context` given; `liger run`'s held-out prose and the scripts' tables): independent windows with a
-  standard error, and the perplexity by position in long windows; `perplexity_ratio` pairs two such results.
+  standard error, and the perplexity by position in long windows (of the same text, or of a long document given as
+  `long_text`); `perplexity_ratio` pairs two such results over the short windows, `long_context_ratio` over blocks of
+  the long ones.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..errors import EvaluationError
 from .scoring import check_batch_size, right_padded
 
 POSITION_BUCKETS = (64, 1024)  # token positions 0–64, 64–1,024, 1,024 and later (of a long context)
+BLOCK = 256  # tokens per block of a long window, the unit `long_context_ratio` pairs (fewer where it does not divide)
 HELD_OUT_TOKENS = 16_384  # tokens the held-out layout scores unless told
 # `liger run`'s held-out prose layout (the scripts that reproduce its tables use it too)
 HELD_OUT_WINDOWS = {"context": 1_024, "long_context": 4_096, "batch_size": 4}
@@ -30,7 +33,9 @@ class PerplexityResult:
 
     The held-out layout also gives `nll_se` (standard error of that mean over its windows, so ppl · exp(±2·nll_se)
     is a ~95 % interval), the window lengths `context` and `long_context`, `by_position` (perplexity of the tokens at
-    positions lo–hi of the long windows) and `window_nll` (each window's mean NLL, which `perplexity_ratio` pairs).
+    positions lo–hi of the long windows), `window_nll` (each window's mean NLL, which `perplexity_ratio` pairs) and
+    `block_nll` (the mean NLL of each `block` tokens of each long window, [windows][blocks], which
+    `long_context_ratio` pairs; block = gcd(`BLOCK`, long_context)).
     """
 
     ppl: float
@@ -41,6 +46,8 @@ class PerplexityResult:
     long_context: int | None = None
     by_position: dict[str, float] | None = None
     window_nll: list[float] | None = None
+    block_nll: list[list[float]] | None = None
+    block: int | None = None
 
     def to_dict(self) -> dict:
         """The fields this layout fills (the JSON of `liger eval --out` and of `liger run`'s eval/prose.json)."""
@@ -57,6 +64,7 @@ def perplexity(
     *,
     max_tokens: int | None = None,
     long_context: int | None = None,
+    long_text: str | None = None,
 ) -> PerplexityResult:
     """Perplexity of `text`, tokenised without special tokens; `max_tokens` caps the tokens scored.
 
@@ -66,13 +74,16 @@ def perplexity(
 
     Held-out (`long_context` given; `stride` unused): the first `max_tokens` (default 16,384) scored tokens are cut
     into independent windows of `context` + 1 tokens, each scoring its `context` next tokens from a fresh start;
-    `nll_se` is the standard error of the mean over those windows. The same text is then read in windows of
-    `long_context` + 1 tokens, and `by_position` gives the perplexity of the tokens at positions 0–64, 64–1,024 and
-    1,024–`long_context` of those windows: a model that forgets or breaks past its training length shows it there.
+    `nll_se` is the standard error of the mean over those windows. The first `max_tokens` tokens of `long_text` (default:
+    the same text) are then read in windows of `long_context` + 1 tokens, and `by_position` gives the perplexity of the
+    tokens at positions 0–64, 64–1,024 and 1,024–`long_context` of those windows: a model that forgets or breaks past
+    its training length shows it there, and one that uses distant context gains there, if the text has any to use (a
+    novel does; short passages one after another do not).
     """
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if long_context is not None:
-        return _held_out(model, ids, max_tokens or HELD_OUT_TOKENS, context, long_context, batch_size)
+        long_ids = ids if long_text is None else tokenizer(long_text, add_special_tokens=False)["input_ids"]
+        return _held_out(model, ids, long_ids, max_tokens or HELD_OUT_TOKENS, context, long_context, batch_size)
     return _sliding(model, ids if max_tokens is None else ids[: max_tokens + 1], context, stride, batch_size)
 
 
@@ -126,22 +137,30 @@ def _sliding(model: PreTrainedModel, ids: list[int], context: int, stride: int, 
 
 
 def _held_out(
-    model: PreTrainedModel, ids: list[int], tokens: int, context: int, long_context: int, batch_size: int
+    model: PreTrainedModel, ids: list[int], long_ids: list[int], tokens: int, context: int, long_context: int,
+    batch_size: int,
 ) -> PerplexityResult:
-    needed = max(tokens // context * (context + 1), tokens // long_context * (long_context + 1))
-    if len(ids) < needed:
-        raise EvaluationError(f"the evaluation text has {len(ids)} tokens, fewer than the {needed} needed; "
-                              "give a longer text or fewer tokens")
+    if tokens < max(context, long_context):
+        raise EvaluationError(f"{tokens} tokens do not fill at least one window of {max(context, long_context)}; "
+                              "score more tokens or use shorter windows")
+    for name, text_ids, width in (("evaluation text", ids, context), ("long text", long_ids, long_context)):
+        if len(text_ids) < tokens // width * (width + 1):
+            raise EvaluationError(f"the {name} has {len(text_ids)} tokens, fewer than the "
+                                  f"{tokens // width * (width + 1)} needed; give a longer text or fewer tokens")
     short = torch.tensor(ids[: tokens // context * (context + 1)]).view(-1, context + 1)
     window_nll = torch.cat([_token_nll(model, rows) for rows in short.split(batch_size)]).mean(1)
     mean, se = window_nll.mean().item(), (window_nll.std() / math.sqrt(len(window_nll))).item()
-    long = torch.tensor(ids[: tokens // long_context * (long_context + 1)]).view(-1, long_context + 1)
-    by_token = torch.cat([_token_nll(model, rows) for rows in long.split(1)]).mean(0)
+    long = torch.tensor(long_ids[: tokens // long_context * (long_context + 1)]).view(-1, long_context + 1)
+    token_nll = torch.cat([_token_nll(model, rows) for rows in long.split(1)])  # [windows, long_context]
+    by_token = token_nll.mean(0)
     edges = (0, *(edge for edge in POSITION_BUCKETS if edge < long_context), long_context)
     by_position = {f"{lo}-{hi}": round(math.exp(by_token[lo:hi].mean().item()), 3) for lo, hi in zip(edges, edges[1:])}
+    block = math.gcd(BLOCK, long_context)
+    block_nll = token_nll.unflatten(1, (-1, block)).mean(-1)
     return PerplexityResult(ppl=round(math.exp(mean), 3), nll=round(mean, 5), tokens=len(window_nll) * context,
                             nll_se=round(se, 5), context=context, long_context=long_context, by_position=by_position,
-                            window_nll=[round(x, 5) for x in window_nll.tolist()])
+                            window_nll=[round(x, 5) for x in window_nll.tolist()],
+                            block_nll=[[round(x, 5) for x in row] for row in block_nll.tolist()], block=block)
 
 
 @torch.no_grad()
@@ -163,6 +182,22 @@ def perplexity_ratio(model_result: dict, base_result: dict) -> dict:
     """ppl(model) / ppl(base) on the same windows (held-out `perplexity` results as dicts, `to_dict()`), with the
     standard error of the log ratio from the paired per-window differences (much smaller than either perplexity's
     own error)."""
-    diffs = torch.tensor(model_result["window_nll"]) - torch.tensor(base_result["window_nll"])
+    return _paired(torch.tensor(model_result["window_nll"]) - torch.tensor(base_result["window_nll"]))
+
+
+def long_context_ratio(model_result: dict, base_result: dict, start: int = POSITION_BUCKETS[-1]) -> dict:
+    """ppl(model) / ppl(base) of the tokens at positions ≥ `start` of the long windows (a multiple of the results'
+    `block`), with the standard error of the log ratio from the paired differences of those blocks (blocks of one
+    window share their context, so this error is somewhat optimistic)."""
+    if start % model_result["block"] or model_result["block"] != base_result["block"]:
+        raise EvaluationError(f"cannot pair blocks of {model_result['block']} and {base_result['block']} tokens "
+                              f"from position {start}")
+    first = start // model_result["block"]
+    model_blocks, base_blocks = (torch.tensor(r["block_nll"])[:, first:] for r in (model_result, base_result))
+    return _paired((model_blocks - base_blocks).flatten())
+
+
+def _paired(diffs: torch.Tensor) -> dict:
+    """{"ratio": exp(mean), "log_ratio_se": its standard error} of paired NLL differences."""
     se = (diffs.std() / math.sqrt(len(diffs))).item() if len(diffs) > 1 else float("nan")
     return {"ratio": round(math.exp(diffs.mean().item()), 4), "log_ratio_se": round(se, 4)}

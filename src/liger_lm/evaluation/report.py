@@ -185,11 +185,13 @@ def _prose_section(prose: dict[str, Any]) -> list[str]:
         times = "1" if ratio is None else f"{ratio['ratio']:.3f} (× e^±{ratio['log_ratio_se']:.3f})"
         by_position = (f"{value:.2f}" for value in result["by_position"].values())
         rows.append([label, f"{result['ppl']:.2f}", times, *by_position])
+    long_source = prose.get("long_source")
     return [
         f"## Held-out prose perplexity ({base['tokens']:,} tokens in windows of {base['context']:,}; "
         f"by position in windows of {base['long_context']:,})",
         "",
-        f"{prose['source']}. × base is paired over the same windows, ± one standard error.",
+        f"Perplexity and × base: {prose['source']}; × base is paired over the same windows, ± one standard error. "
+        + (f"By position: {long_source}." if long_source else "By position: the same text."),
         "",
         *markdown_table(header, rows),
         "",
@@ -198,12 +200,16 @@ def _prose_section(prose: dict[str, Any]) -> list[str]:
 
 
 def _ablation_lines(zeroed: dict[str, Any] | None) -> list[str]:
-    """One sentence: what zeroing the recurrent branch does (ratio zeroed / used, overall and by position)."""
+    """One sentence: what zeroing the recurrent branch does (ratio zeroed / used, overall, by position and far
+    beyond the window)."""
     if not zeroed:
         return []
     by_position = ", ".join(f"{span} × {ratio:.4f}" for span, ratio in zeroed["by_position"].items())
+    far = zeroed.get("far")
+    beyond = (f"; positions {far['from_position']:,} and later × {far['ratio']:.4f} (× e^±{far['log_ratio_se']:.4f}, "
+              "paired over 256-token blocks)" if far else "")
     return [f"Recurrent branch zeroed / used, same windows: perplexity × {zeroed['ratio']:.4f} "
-            f"(× e^±{zeroed['log_ratio_se']:.4f}); by position {by_position}. Above 1: the branch helps.", ""]
+            f"(× e^±{zeroed['log_ratio_se']:.4f}); by position {by_position}{beyond}. Above 1: the branch helps.", ""]
 
 
 def _standard_errors(scores: dict[str, dict[str, dict]], metric: str) -> str:
