@@ -7,7 +7,7 @@ holds one output per step, each written atomically, and `run.json` with the sett
     eval/base.json       task scores of the base model                        step 3, evaluate
     eval/liger.json      task scores of the fine-tuned Liger model
     eval/prose.json      held-out prose perplexity of base, untrained and fine-tuned Liger (and its recurrent
-                         branch zeroed), overall and by position in 4K-token contexts
+                         branch zeroed), overall (Quoref's passages) and by position in 4K-token windows of a novel
     results.json, report.md, recovery.png                                     step 4, report
 Running again with the same settings reuses every finished step (and resumes an interrupted fine-tune);
 different settings are refused unless `overwrite`, which builds the new run in `.<out>.new` beside the old one and

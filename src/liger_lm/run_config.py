@@ -36,15 +36,16 @@ class Budget:
                            prompt_loss=self.prompt_loss, precision=precision).replace(**recipe)
 
 
-# "default" is sized for `make run` in about 20 minutes on a 2-core CPU (25.5 on the slow 4 December Zen 4 VM;
-# README): 56 optimizer steps of 1,024 tokens (RADLADS: the number of steps matters more than the batch; rows of 1,024
-# rather than 512 keep the recurrent branch helpful past 1K tokens; with the window-256 preset 112 steps gained 0.002
-# in held-out perplexity ratio over 56, a quarter of a standard error: README), then the multiple-choice suite at 200
-# examples per task (standard error ≤ 3.5 points) and 16K tokens of held-out prose. It also trains on the prompts: the
-# BIG-bench instructions' answers are short (2.5 % of the tokens); the held-out loss is still measured on answers
-# only. "long" is 1,280 steps (2–3 hours with native bf16, 7 on an AVX2-only CPU; with the window-128 preset 640 steps
-# gained 0.002 over 112, README); "paper" is the paper's recipe (20 M tokens of 8 × 1024, answers only); "tiny" is a
-# smoke test.
+# "default" is sized for `make run` in under 20 minutes on a 2-core CPU (17 on the 4 December Zen 4 VM with native
+# bf16, about 20 when that VM ran slower; README): 56 optimizer steps of 1,024 tokens (RADLADS: the number of steps
+# matters more than the batch; rows of 1,024 rather than 512 keep the recurrent branch helpful past 1K tokens; with the
+# window-256 preset 112 steps gained 0.002 in held-out perplexity ratio over 56, a quarter of a standard error:
+# README), then the multiple-choice suite at 200 examples per task (standard error ≤ 3.5 points) and 16K tokens of
+# held-out prose; the held-out answer loss only before and after each stage (each evaluation takes about 15 s there).
+# It also trains on the prompts: the BIG-bench instructions' answers are short (2.5 % of the tokens); the held-out loss
+# is still measured on answers only. "long" is 1,280 steps (2–3 hours with native bf16, 7 on an AVX2-only CPU; with
+# the window-128 preset 640 steps gained 0.002 over 112, README); "paper" is the paper's recipe (20 M tokens of
+# 8 × 1024, answers only); "tiny" is a smoke test.
 BUDGETS = {
     "tiny": Budget(train_tokens=512, seq_len=64, grad_accum=2, eval_records=4, eval_examples=8, prose_tokens=0),
     "default": Budget(train_tokens=57_344, seq_len=1024, grad_accum=1, eval_records=16, eval_examples=200,
