@@ -2,8 +2,8 @@
 
     python scripts/eval_precision.py [--model default|FOLDER] [--task goal_step_wikihow] [--examples 200]
 
-Both passes score the same model in one process, as `liger run` does under `--precision bf16` (`_Steps`'s
-`_in_evaluation_precision`): the time of each, the task's accuracies, and the held-out perplexity (Quoref windows of
+Both passes score the same model in one process, the second as `liger run` does under `--precision bf16`
+(`liger_lm.run.evaluation_precision`): the time of each, the task's accuracies, and the held-out perplexity (Quoref windows of
 1,024; positions from the novel) with the bf16 / fp32 ratio paired over the same windows. Needs native bf16 to be
 fast (AVX512-BF16 or AMX; `liger_lm.hardware.fast_bf16`); elsewhere bf16 is emulated and slow.
 """
@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from liger_lm.data.prose import held_out_novel, held_out_prose
 from liger_lm.data.tasks import load_task
 from liger_lm.evaluation import HELD_OUT_WINDOWS, perplexity, perplexity_ratio, score_multiple_choice
 from liger_lm.models import load_model
-from liger_lm.run import RunOptions, _Steps
+from liger_lm.run import evaluation_precision
 
 
 def main() -> None:
@@ -42,8 +41,8 @@ def main() -> None:
 
     results = {}
     for precision in ("fp32", "bf16"):
-        steps = _Steps(RunOptions(precision=precision), Path("."), log=print)
-        task, task_s, prose, prose_s = results[precision] = steps._in_evaluation_precision(model, evaluate)
+        with evaluation_precision(model, bf16=precision == "bf16"):
+            task, task_s, prose, prose_s = results[precision] = evaluate(model)
         print(f"{precision}: {args.task} ({args.examples}) {task_s:.1f} s, acc {task['acc']:.3f}, acc_norm "
               f"{task['acc_norm']:.3f} | prose {prose_s:.1f} s, perplexity {prose['ppl']}, by position "
               f"{prose['by_position']}", flush=True)

@@ -182,19 +182,20 @@ def test_convert_help_lists_every_gate():
     assert done.returncode == 0 and all(f"{gate}:" in done.stdout for gate in liger_lm.GATES)
 
 
-@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
-def test_run_scores_both_models_in_its_precision(precision, dtype, tmp_path):
+@pytest.mark.parametrize("bf16, dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_evaluation_precision_scores_in_bf16_and_leaves_frozen_weights_frozen(bf16, dtype):
     """`liger run` evaluates under the precision it trains in: bf16 forced runs the matmuls in bf16 on any CPU."""
     from conftest import tiny_model
-    from liger_lm.run import RunOptions, _Steps
+    from liger_lm.run import evaluation_precision
 
-    steps = _Steps(RunOptions(precision=precision, out=tmp_path), tmp_path, log=lambda _: None)
     model = tiny_model("llama").requires_grad_(False)  # as a fine-tuned model merged from LoRA
     model.lm_head.weight.requires_grad_(True)
-    logits = steps._in_evaluation_precision(model, lambda m: m(torch.tensor([[1, 2, 3]])).logits)
+    with evaluation_precision(model, bf16=bf16):
+        logits = model(torch.tensor([[1, 2, 3]])).logits
+        if bf16:  # weights require grad inside, so that autocast keeps their bf16 copies for the whole block
+            assert all(p.requires_grad for p in model.parameters())
     assert logits.dtype == dtype
-    # weights require grad inside only for autocast's cache of their bf16 copies, and are frozen again after
-    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["lm_head.weight"]
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["lm_head.weight"]  # frozen again
 
 
 def test_run_report_flags_what_looks_broken():

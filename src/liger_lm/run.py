@@ -243,8 +243,10 @@ class _Steps:
                 scores[role] = json.loads(path.read_text(encoding="utf-8"))
                 continue
             self.log(f"evaluating the {role} model on {', '.join(f'{t} ({n})' for t, n in tasks.items())} …")
-            scores[role] = self._timed(f"eval_{role}", lambda: self._in_evaluation_precision(
-                model(), lambda scored: evaluate_suite(scored, self.tokenizer(), tasks, seed=self.options.seed)))
+            scored = model()
+            with self._evaluation_precision(scored):
+                scores[role] = self._timed(f"eval_{role}", lambda: evaluate_suite(
+                    scored, self.tokenizer(), tasks, seed=self.options.seed))
             write_json_atomic(path, scores[role])
         return scores
 
@@ -262,8 +264,9 @@ class _Steps:
         models = {"base": self.base, "liger_untrained": self.untrained, "liger": self.trained}
 
         def held_out(model: PreTrainedModel) -> dict[str, Any]:
-            return self._in_evaluation_precision(model, lambda scored: perplexity(
-                scored, self.tokenizer(), text, max_tokens=tokens, long_text=novel, **HELD_OUT_WINDOWS).to_dict())
+            with self._evaluation_precision(model):
+                return perplexity(model, self.tokenizer(), text, max_tokens=tokens, long_text=novel,
+                                  **HELD_OUT_WINDOWS).to_dict()
 
         values = {}
         for name, model in models.items():
@@ -303,26 +306,9 @@ class _Steps:
                 sizes[name][length] = cache_bytes(cache)
         return sizes
 
-    def _in_evaluation_precision(self, model: PreTrainedModel, evaluate: Callable[[PreTrainedModel], Any]) -> Any:
-        """evaluate(model) under bf16 autocast when the run's precision resolves to bf16, as the fine-tune's does
-        (`precision`): 1.4–1.7× faster with native bf16 and ×1.0008 in perplexity on the default model (README).
-        Base and Liger models are scored alike, so their ratios stay paired; the Liger recurrence keeps fp32 inside
-        (`ops.recurrence`). The generations and cache sizes stay fp32.
-
-        Autocast keeps the bf16 copy of a weight for the whole block only if the weight requires grad (a frozen one
-        is cast again at every call: 2× slower forwards of 32 tokens on the default model), so frozen weights (the
-        fine-tuned model's, merged from LoRA) require grad inside; the scoring runs without gradients anyway."""
-        if self.options.training_precision() != "bf16":
-            return evaluate(model)
-        frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
-        try:
-            for parameter in frozen:
-                parameter.requires_grad_(True)
-            with torch.autocast(model.device.type, dtype=torch.bfloat16):
-                return evaluate(model)
-        finally:
-            for parameter in frozen:
-                parameter.requires_grad_(False)
+    def _evaluation_precision(self, model: PreTrainedModel):
+        """`evaluation_precision` in this run's precision, as resolved here (the fine-tune's)."""
+        return evaluation_precision(model, bf16=self.options.training_precision() == "bf16")
 
     def _timed(self, name: str, work: Callable[[], Any]) -> Any:
         started = time.perf_counter()
@@ -330,6 +316,30 @@ class _Steps:
         self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - started, 1)
         gc.collect()
         return value
+
+
+@contextmanager
+def evaluation_precision(model: nn.Module, bf16: bool) -> Iterator[None]:
+    """Inside the block `model` scores under bf16 autocast (with `bf16`; otherwise as it is): `liger run` evaluates
+    in its `precision`, as it fine-tunes. On the default model with native bf16 that is 1.4–1.5× faster at × 1.0004
+    in held-out perplexity (`scripts/eval_precision.py`, README); base and Liger models are scored alike, so their
+    ratios stay paired, and the Liger recurrence keeps fp32 inside (`ops.recurrence`).
+
+    Autocast keeps the bf16 copy of a weight for the whole block only if the weight requires grad (a frozen one is
+    cast again at every call: 2× slower forwards of 32 tokens on the default model), so frozen weights (a fine-tuned
+    model merged from LoRA) require grad inside and are frozen again after; scoring runs without gradients anyway."""
+    if not bf16:
+        yield
+        return
+    frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
+    try:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
+        with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16):
+            yield
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(False)
 
 
 @contextmanager
@@ -357,7 +367,7 @@ def branch_ablation(zeroed: dict[str, Any], used: dict[str, Any]) -> dict[str, A
     return {**perplexity_ratio(zeroed, used),
             "by_position": {span: round(zeroed["by_position"][span] / value, 4)
                             for span, value in used["by_position"].items()},
-            "far": {"from_position": POSITION_BUCKETS[-1], **long_context_ratio(zeroed, used)}}
+            "far": {"from_position": POSITION_BUCKETS[-1], "block": used["block"], **long_context_ratio(zeroed, used)}}
 
 
 def findings(results: dict[str, Any]) -> list[str]:

@@ -207,7 +207,7 @@ def _ablation_lines(zeroed: dict[str, Any] | None) -> list[str]:
     by_position = ", ".join(f"{span} × {ratio:.4f}" for span, ratio in zeroed["by_position"].items())
     far = zeroed.get("far")
     beyond = (f"; positions {far['from_position']:,} and later × {far['ratio']:.4f} (× e^±{far['log_ratio_se']:.4f}, "
-              "paired over 256-token blocks)" if far else "")
+              f"paired over {far['block']}-token blocks)" if far else "")
     return [f"Recurrent branch zeroed / used, same windows: perplexity × {zeroed['ratio']:.4f} "
             f"(× e^±{zeroed['log_ratio_se']:.4f}); by position {by_position}{beyond}. Above 1: the branch helps.", ""]
 
