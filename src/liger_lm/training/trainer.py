@@ -351,8 +351,8 @@ def _training_arguments(
         use_cpu=resolve_device().type == "cpu",
         eval_strategy="steps" if has_eval else "no",
         eval_on_start=eval_first,
-        eval_steps=config.eval_every or max(1, math.ceil(steps / config.evals_per_stage)),  # and at the end
-                                                                                                # (`_run_stage`)
+        # and at the stage's end, whatever the spacing (`_run_stage`)
+        eval_steps=config.eval_every or max(1, math.ceil(steps / config.evals_per_stage)),
         save_strategy="steps",
         save_steps=config.save_every or max(1, steps // 10),
         save_total_limit=2,
