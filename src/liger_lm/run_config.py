@@ -36,12 +36,12 @@ class Budget:
                            prompt_loss=self.prompt_loss, precision=precision).replace(**recipe)
 
 
-# "default" is sized for `make run` in under 20 minutes on a 2-core CPU (17 on the 4 December Zen 4 VM with native
-# bf16, about 20 when that VM ran slower; README): 56 optimizer steps of 1,024 tokens (RADLADS: the number of steps
-# matters more than the batch; rows of 1,024 rather than 512 keep the recurrent branch helpful past 1K tokens; with the
-# window-256 preset 112 steps gained 0.002 in held-out perplexity ratio over 56, a quarter of a standard error:
-# README), then the multiple-choice suite at 200 examples per task (standard error ≤ 3.5 points) and 16K tokens of
-# held-out prose; the held-out answer loss only before and after each stage (each evaluation takes about 15 s there).
+# "default" is sized for `make run` in under 20 minutes on a 2-core CPU (about 17 on the 4 December Zen 4 VM with
+# native bf16; README): 28 optimizer steps of 2,048 tokens (RADLADS: the number of steps matters more than the batch,
+# but with the window-256 preset 112 steps of 1,024 gained only 0.002 in held-out perplexity ratio over 56, while the
+# same tokens in 28 rows of 2,048 gained 0.005 and made the recurrent branch carry more past 1K tokens: README), then
+# the multiple-choice suite at 200 examples per task (standard error ≤ 3.5 points) and 16K tokens of held-out prose;
+# the held-out answer loss only before and after each stage (each evaluation takes about 15 s there).
 # It also trains on the prompts: the BIG-bench instructions' answers are short (2.5 % of the tokens); the held-out loss
 # is still measured on answers only. "long" is 256 steps of 2,048 tokens (1 h 21 min on the Zen 4 VM with native
 # bf16): more steps of 1,024 tokens barely moved the held-out ratio (window 128: 640 steps gained 0.002 over 112), while
@@ -49,7 +49,7 @@ class Budget:
 # of 8 × 1024, answers only); "tiny" is a smoke test.
 BUDGETS = {
     "tiny": Budget(train_tokens=512, seq_len=64, grad_accum=2, eval_records=4, eval_examples=8, prose_tokens=0),
-    "default": Budget(train_tokens=57_344, seq_len=1024, grad_accum=1, eval_records=16, eval_examples=200,
+    "default": Budget(train_tokens=57_344, seq_len=2048, grad_accum=1, eval_records=16, eval_examples=200,
                       prompt_loss=True, evals_per_stage=1),
     "long": Budget(train_tokens=524_288, seq_len=2048, grad_accum=1, eval_records=64, eval_examples=200,
                    prompt_loss=True),
