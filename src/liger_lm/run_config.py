@@ -75,7 +75,8 @@ class RunOptions:
         "help": "Conversion settings (on the command line: the LigerConfig options over --preset).", "cli": False})
     budget: str = field(default="default", metadata={
         "help": "tiny (smoke test), default (about 20 min on a 2-core CPU with native bf16, 73 on an AVX2-only "
-                "one), long (9× the tokens in rows of 2,048, 1.5 h with native bf16) or paper (20 M tokens; needs a GPU).",
+                "one), long (9× the tokens in rows of 2,048; 1 h 21 min with native bf16) or paper (20 M tokens; "
+                "needs a GPU).",
         "choices": tuple(BUDGETS)})
     data: str | None = field(default=None, metadata={  # None: the preset's training data
         "help": "Fine-tuning data (default: the preset's): default (BIG-bench instructions), prose, mix, a local "
