@@ -49,7 +49,8 @@ def main() -> None:
     cpu = torch.device("cpu")
     with torch.no_grad(), ExitStack() as stack:
         for name, model in (*eager.items(), *compiled.items()):
-            stack.enter_context(liger_lm.decode_layout(model, fuse=not name.endswith("separate")))
+            stack.enter_context(liger_lm.decode_layout(model, fuse=not name.endswith("separate"),
+                                                       for_compile=model in compiled.values()))
         for model in compiled.values():
             stack.enter_context(compiled_decode(model))
         for length in lengths:

@@ -46,7 +46,7 @@ def main() -> None:
     model, _ = liger_lm.load_default_model()
     model = quantize_for_decode(liger_lm.convert(model, **PRESETS[args.preset].liger), args.weights)
     compiled = compiled_decode(model, options=args.inductor_options) if args.compile else nullcontext()
-    with torch.no_grad(), liger_lm.decode_layout(model, fuse=args.fuse), compiled:
+    with torch.no_grad(), liger_lm.decode_layout(model, fuse=args.fuse, for_compile=args.compile), compiled:
         profile_decode(model, [int(n) for n in args.lengths.split(",")], args.steps, args.rows,
                        count_operators=not args.compile)
 

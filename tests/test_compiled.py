@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_model
 
 import liger_lm
+from liger_lm.compat import with_cache
 from liger_lm.modeling.compiled import compiled_decode, is_steady_step
 from liger_lm.presets import DEFAULT_PRESET, PRESETS
 
@@ -54,10 +55,48 @@ def test_compiled_generate_gives_the_eager_tokens_and_compiles_once(case, frame_
     assert "forward" not in vars(compiled_model)  # the eager forward is back
 
 
-def test_only_single_token_steps_over_a_steady_cache_are_compiled():
+# the operators an uncompiled weight product dispatches (the window attention's own products stay `aten::bmm`)
+WEIGHT_PRODUCTS = {"aten::mm", "aten::addmm", "aten::mv", "aten::linear", "aten::_weight_int8pack_mm"}
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "bf16", "int8"])
+@torch.no_grad()
+def test_batch_one_compiled_steps_read_every_weight_in_a_reduction_kernel(fmt, frame_compiles):
+    """At batch 1, inside `decode_layout(for_compile=True)`, a compiled step calls no matrix-product operator: every
+    weight (fused q/k/v and gate/up, o, down, the LM head; fp32, bf16 or int8) is read by an inductor reduction
+    (`quantize.reduction_linear`). Its greedy tokens are the eager model's, computed with the same stored weights in
+    fp32 arithmetic (`force_path`: the quantised layers upcast instead of rounding x to bf16)."""
+    from liger_lm.quantize import force_path, quantize_for_decode
+
+    model = liger_lm.convert(tiny_model("llama"), **{**PRESETS[DEFAULT_PRESET].liger, "window": 12})
+    model = quantize_for_decode(model, fmt)
+    ids = torch.randint(3, 97, (1, 20), generator=torch.Generator().manual_seed(5))
+    greedy = dict(attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False, pad_token_id=0)
+    with force_path({"fp32": None, "bf16": "fp32", "int8": "dequant_fp32"}[fmt]):
+        eager = model.generate(ids, **greedy)
+    with liger_lm.decode_layout(model, for_compile=True), compiled_decode(model):
+        tokens = model.generate(ids, **greedy)
+        assert frame_compiles() == 1  # batch 1 included: a size-1 dim's stride must not change between steps
+        cache = _steady_cache(model, tokens)
+        model(tokens[:, -1:], **with_cache(cache), use_cache=True)  # compiles for this call's arguments
+        with torch.profiler.profile() as profiler:
+            model(tokens[:, -1:], **with_cache(cache), use_cache=True)
+    assert torch.equal(tokens, eager)
+    operators = {event.name for event in profiler.events()}
+    assert any(name.startswith("Torch-Compiled Region") for name in operators)  # the step did run compiled
+    assert not operators & WEIGHT_PRODUCTS
+
+
+def _steady_cache(model, tokens):
     from transformers import DynamicCache
 
-    from liger_lm.compat import with_cache
+    cache = DynamicCache(config=model.config)
+    model(tokens[:, :-1], **with_cache(cache), use_cache=True)
+    return cache
+
+
+def test_only_single_token_steps_over_a_steady_cache_are_compiled():
+    from transformers import DynamicCache
 
     model = liger_lm.convert(tiny_model("llama"), window=4, sinks=2, combine="shared")
     cache = DynamicCache(config=model.config)

@@ -25,6 +25,8 @@ from liger_lm.quantize import (
     int8_linear,
     quantize_for_decode,
     quantize_int8,
+    reduction_linear,
+    single_row_reduction,
     weight_formats,
 )
 
@@ -85,6 +87,52 @@ def test_bf16_linear_every_path_matches_the_reference(path, rows):
     else:  # x rounded to bf16, fp32 accumulation, output rounded to bf16
         reference = x.to(torch.bfloat16).float() @ stored.float().T
         assert _relative_error(out - bias, reference) < 2 * BF16_EPS
+
+
+def _stored(fmt: str, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(stored weight, scale or None, the fp32 weight it stands for) of one format."""
+    if fmt == "int8":
+        q, s = quantize_int8(weight)
+        return q, s, dequantize_int8(q, s)
+    stored = weight.to(torch.bfloat16) if fmt == "bf16" else weight
+    return stored, None, stored.float()
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "bf16", "int8"])
+def test_reduction_linear_eager_and_compiled_matches_the_dequantised_product(fmt):
+    """y_n = Σ_k W_nk x_k ⊙ s + b against x @ Wᵀ computed with the weight the stored format stands for, eagerly and
+    through inductor (the compiled decode step's route); fp32: the gradient w.r.t. x and W is F.linear's."""
+    weight, bias = _weights()
+    stored, scale, reference_weight = _stored(fmt, weight)
+    x = torch.randn(1, 1, 48, generator=torch.Generator().manual_seed(4))
+    reference = x @ reference_weight.T + bias
+    eager = reduction_linear(x, stored, scale, bias)
+    compiled = torch.compile(reduction_linear, dynamic=False)(x, stored, scale, bias)
+    assert eager.shape == compiled.shape == (1, 1, 40)
+    torch.testing.assert_close(eager, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled, reference, rtol=1e-5, atol=1e-5)
+    if fmt == "fp32":
+        xs, ws = x.clone().requires_grad_(), weight.clone().requires_grad_()
+        xr, wr = x.clone().requires_grad_(), weight.clone().requires_grad_()
+        grad = torch.randn(1, 1, 40)
+        (reduction_linear(xs, ws, None, bias) * grad).sum().backward()
+        (torch.nn.functional.linear(xr, wr, bias) * grad).sum().backward()
+        torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ws.grad, wr.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_the_reduction_route_is_taken_only_while_compiling_one_row_of_a_row_major_cpu_weight():
+    weight = torch.randn(40, 48)
+    one_row, two_rows = torch.randn(1, 1, 48), torch.randn(2, 1, 48)
+    assert not single_row_reduction(one_row, weight)  # eager: MKL's mat-vec, no [out, in] temporary
+
+    def routes(x, w):
+        return torch.tensor(single_row_reduction(x, w))
+
+    traced = torch.compile(routes, backend="eager", fullgraph=True)
+    assert traced(one_row, weight)
+    assert not traced(two_rows, weight)  # a GEMM reads W once for every row
+    assert not traced(one_row, weight.t().contiguous().t())  # column-major: MKL reads it faster
 
 
 def test_int8pack_is_never_used_where_its_kernel_is_wrong():

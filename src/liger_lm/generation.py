@@ -54,7 +54,7 @@ def generate_text(
         )
     torch.manual_seed(seed)
     options = dict(do_sample=True, temperature=temperature, top_p=top_p) if sample else dict(do_sample=False)
-    with decode_layout(model), compiled_decode(model) if compile else nullcontext():
+    with decode_layout(model, for_compile=compile), compiled_decode(model) if compile else nullcontext():
         output = model.generate(
             **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **options
         )

@@ -24,6 +24,11 @@ and decode results in docs/bench/weights/):
   * off the CPU (CUDA): the dequantising / upcasting GEMM in the input's dtype.
 `force_path` pins one path (tests run every path on every machine this way).
 
+Inside a compiled decode step (`modeling.compiled`) a single-row product on the CPU takes none of these:
+`reduction_linear` writes it as a multiply and a sum that inductor turns into one vectorised loop reading the stored
+weight (fp32, bf16 or int8) once and converting it in registers. Plain `nn.Linear` layers take the same route through
+`linear_forward`. On the Zen 4 CPU of the README this reads weights 2–3× faster than MKL's mat-vec.
+
 Inference only: a quantised module refuses `.train()`, and the model's `save_pretrained` refuses to write (the
 int8 / bf16 tensors are not the checkpoint format `from_pretrained` reads). Embeddings stay fp32: a lookup reads one
 row per token, there is nothing to gain. The LM head is quantised unless `lm_head=False` (read faster as int8 at a
@@ -89,6 +94,36 @@ def int8_linear(x: torch.Tensor, quantized: torch.Tensor, scale: torch.Tensor, s
         out = F.linear(x.to(compute), quantized.to(compute)) * scale.to(compute)
     out = out.to(x.dtype)
     return out if bias is None else out + bias.to(x.dtype)
+
+
+def reduction_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = (x Wᵀ) ⊙ s + b written as y_n = Σ_k W_nk x_k: a broadcast product summed over `in`, in fp32.
+
+    x [..., in] float; weight [out, in] fp32, bf16 or int8; scale [out] or None; bias [out] or None → y [..., out] in
+    x's dtype. Eagerly this materialises [..., out, in] and is slow; it is written for `torch.compile`, where
+    inductor fuses the conversion, product and sum into one reduction kernel (`single_row_reduction` says when)."""
+    out = (weight.to(torch.float32) * x.to(torch.float32).unsqueeze(-2)).sum(-1)
+    if scale is not None:
+        out = out * scale
+    if bias is not None:
+        out = out + bias
+    return out.to(x.dtype)
+
+
+def single_row_reduction(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether x Wᵀ runs as `reduction_linear`: while torch.compile traces, for one row of x, on the CPU, with a
+    row-major weight (it reads a column-major one, `decode_layout`'s eager layout, 2× slower than MKL does)."""
+    return torch.compiler.is_compiling() and x.numel() == x.shape[-1] and weight.device.type == "cpu" \
+        and weight.is_contiguous()
+
+
+def linear_forward(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`nn.Linear.forward` with the compiled single-row route (`single_row_reduction`); `compiled_decode` installs
+    it on every plain linear layer of the model for the duration of its block."""
+    if single_row_reduction(x, module.weight):
+        return reduction_linear(x, module.weight, None, module.bias)
+    return F.linear(x, module.weight, module.bias)
 
 
 def _gemm_dtype(x: torch.Tensor) -> torch.dtype:
@@ -186,6 +221,8 @@ class QuantizedLinear(nn.Module):
         return stacked
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if single_row_reduction(x, self.weight):
+            return reduction_linear(x, self.weight, getattr(self, "weight_scale", None), self.bias)
         rows = x.reshape(-1, self.in_features)
         path = choose_path(self.fmt, rows.shape[0], self.in_features, x.device)
         if self.fmt == "int8":

@@ -20,8 +20,9 @@ Protocol (also written into the JSON):
     row names its `dtype`, its `weights` and the `variant` (the dtype, or "int8-weights" / "bf16-weights");
   * compiled decode (`compile`): each variant's models also decode at batch 1 inside `compiled_decode`
     (torch.compile of the steady single-token steps), continuing an untimed prefill (or the stand-in caches above
-    beyond `prefill_token_cap`); the variant is "<variant>, compiled" and `first_step_s` is the first step's time,
-    which at the first length includes the compile;
+    beyond `prefill_token_cap`), inside `decode_layout(for_compile=True)` (every weight row-major, for the compiled
+    single-row reduction); the variant is "<variant>, compiled" and `first_step_s` is the first step's time, which at
+    the first length includes the compile;
   * memory read rate: a `sum` over 512 MiB of fp32 (`measure.read_rate`), against which the summary puts the
     rate at which a batch-1 Liger step reads its linear layers' weights.
 """
@@ -205,9 +206,9 @@ def _compiled_rows(model, kind: str, dtype: str, weights: str, settings: ModelBe
             else:
                 cache, context = _stand_in_cache(model, kind, 1, length, settings)
             token = _token_ids(model, 1, 1)
-            first_step_s, _ = timed(_greedy_step(model, cache, token), device)
-            # Only steady steps are compiled (`compiled_decode`); say so where a short Liger prefill is not steady.
-            steady = is_steady_step((token,), with_cache(cache))
+            step = _greedy_step(model, cache, token)
+            first_step_s, _ = timed(step, device)
+            steady = _until_steady(step, cache, token)
             decode = measure_decode(model, cache, 1, settings, device, context)
             rows.append({"model": kind, "dtype": dtype, "weights": weights, "variant": variant, "batch": 1,
                          "length": length, "prefill": None, "compiled": steady,
@@ -216,6 +217,17 @@ def _compiled_rows(model, kind: str, dtype: str, weights: str, settings: ModelBe
                 f"(first step {first_step_s:.1f} s{'' if steady else ', not steady: ran eagerly'})")
     torch._dynamo.reset()  # the next model's steps then do not check this one's guards first
     return rows
+
+
+def _until_steady(step: Callable[[], None], cache, token: torch.Tensor, limit: int = 64) -> bool:
+    """Untimed steps until the cache is steady, so that every timed step runs compiled (only steady steps do,
+    `compiled_decode`; a stand-in prefill of `short_prefill` = window tokens stores its last sinks a few steps
+    later); whether it got there within `limit` steps."""
+    for _ in range(limit):
+        if is_steady_step((token,), with_cache(cache)):
+            return True
+        step()
+    return is_steady_step((token,), with_cache(cache))
 
 
 def _warm_up(model, device) -> None:
@@ -302,7 +314,8 @@ def run_model_benchmark(model, liger: LigerConfig, settings: ModelBenchSettings,
                 if len(liger_caches) > 1:
                     flatness[variant] = interleaved_decode(net, liger_caches, settings, device)
                     log(f"liger {variant} B=1 decode, lengths interleaved: {flatness[variant]['tokens_per_s']} tok/s")
-                if settings.compile:
+            if settings.compile:
+                with decode_layout(net, for_compile=True):
                     rows += _compiled_rows(net, kind, dtype, weights, settings, device, log)
             del net
     memory_read = read_rate(device)

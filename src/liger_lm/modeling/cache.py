@@ -77,8 +77,10 @@ class LigerCacheLayer(CacheLayerMixin):
                 self._store_sinks(keys[:, :start], values[:, :start], key_valid[:, :start], sinks)
             kept = [t[:, start:] for t in stream]
             if torch.compiler.is_compiling():
-                # one layout for every compiled step (`modeling.compiled`); inductor writes it in the stream's kernel
-                kept = [t.contiguous() for t in kept]
+                # one layout for every compiled step (`modeling.compiled`); inductor writes it in the stream's kernel.
+                # Not `.contiguous()`: at batch 1 a slice already counts as contiguous, yet its batch stride is the
+                # unsliced one, and dynamo guards on it (the second compiled step would compile again)
+                kept = [t.clone(memory_format=torch.contiguous_format) for t in kept]
             elif start > window:
                 # clone after a prefill: the slice would keep all its keys alive through the storage (a decode
                 # step's slice drops a single token, not worth three copies per layer and token)

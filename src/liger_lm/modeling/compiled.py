@@ -3,7 +3,10 @@
 On a CPU a batch-1 decode step of a small model is bound by operator dispatch, not by reading the weights: eagerly,
 a default-preset step at 1K context spends about a third of its time in matrix products
 (`python scripts/profile_decode.py`). Compiling the model's forward fuses each layer's elementwise work (norms,
-RoPE, the mixing step, the cache update) into a few generated kernels.
+RoPE, the mixing step, the cache update) into a few generated kernels, and each single-row weight product into a
+reduction kernel that reads the weight 2–3× faster than MKL's mat-vec on the README's CPUs (`quantize.reduction_linear`;
+within the block every plain `nn.Linear` computes through `quantize.linear_forward`, which takes that route only while
+compiling). That kernel wants row-major weights: inside `decode_layout`, pass `for_compile=True`.
 
 Only steps whose shapes stay put from one token to the next go through the compiled forward: one new token per row,
 and every Liger layer `steady` (window buffer full, sinks stored), so a converted model compiles one graph per batch
@@ -21,6 +24,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,6 +34,7 @@ from transformers.cache_utils import Cache
 
 from ..compat import pop_cache
 from ..errors import CompileUnavailableError
+from ..quantize import linear_forward
 from .cache import LigerCacheLayer
 
 
@@ -39,7 +44,8 @@ def compiled_decode(model: nn.Module, backend: str = "inductor", mode: str | Non
     """Within the block, `model`'s steady single-token forwards (module docstring) run `torch.compile`d
     (`dynamic=True`; `backend`, `mode` or `options` as torch.compile takes them); everything else runs eagerly. Use
     it around inference: `with compiled_decode(model): model.generate(...)`. On exit `model.forward` is the eager one
-    again. The defaults won on a CPU (README: Speed and memory); `options={"cpp_wrapper": True,
+    again, and so is every linear layer's. Around `decode_layout`, use `decode_layout(model, for_compile=True)`.
+    The defaults won on a CPU (README: Speed and memory); `options={"cpp_wrapper": True,
     "cpp_wrapper_build_separate": True}` calls the kernels from C++ instead of Python, 7 % faster there after a
     longer compile (without building the kernels separately, the C++ file did not compile in 10 minutes)."""
     if backend == "inductor" and next(model.parameters()).device.type == "cpu":
@@ -61,9 +67,14 @@ def compiled_decode(model: nn.Module, backend: str = "inductor", mode: str | Non
 
     previous = vars(model).get("forward")
     model.forward = forward
+    linears = [m for m in model.modules() if type(m) is nn.Linear and "forward" not in vars(m)]
+    for linear in linears:
+        linear.forward = types.MethodType(linear_forward, linear)
     try:
         yield model
     finally:
+        for linear in linears:
+            del linear.forward
         if previous is None:
             del model.forward
         else:

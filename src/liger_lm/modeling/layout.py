@@ -11,7 +11,9 @@ equal up to fp32 rounding):
     left as it is.
   * **column-major wide weights**: MKL reads a wide W [out, in] (out > in: the stacked projections, the LM head)
     faster stored column-major than row-major, while narrow weights read slower (`python scripts/matvec_layout.py`
-    measures both, and the fused against the separate calls; numbers in the README, Speed and memory).
+    measures both, and the fused against the separate calls; numbers in the README, Speed and memory). Not with
+    `for_compile=True`: a compiled step reads single-row products as a reduction (`quantize.reduction_linear`),
+    which is fastest on row-major weights.
 
 On exit every weight is contiguous and holds its own storage again, because `save_pretrained` and safetensors need
 that. For inference only: within the block the stacked weights do not require grad, so no gradient reaches q/k/v or
@@ -27,7 +29,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..quantize import QuantizedLinear
+from ..quantize import QuantizedLinear, linear_forward
 
 
 class FusedProjection:
@@ -62,6 +64,7 @@ def _stacked(members: list[nn.Module]) -> nn.Module:
     else:
         stacked = nn.Linear(first.in_features, sum(m.out_features for m in members), bias=False, device="meta")
         stacked.weight = nn.Parameter(torch.cat([m.weight.detach() for m in members]), requires_grad=False)
+        stacked.forward = types.MethodType(linear_forward, stacked)  # compiled single-row steps: a reduction
     biases = [m.bias for m in members]
     present = [b for b in biases if b is not None]
     if present:
@@ -138,14 +141,14 @@ def _wide_cpu_weights(model: nn.Module, skip: set[int]) -> list[nn.Parameter]:
     return list(weights.values())
 
 
-def _fuse(model: nn.Module, done: list[tuple[nn.Module, str, list[nn.Module]]]) -> None:
+def _fuse(model: nn.Module, done: list[tuple[nn.Module, str, list[nn.Module]]], column_major: bool) -> None:
     """Install a `FusedProjection` on every fusable group and point the members' weights (and biases) at views of
-    it: rows [a, b) of the stacked weight, column-major where that reads faster. Each group is appended to `done`
+    it: rows [a, b) of the stacked weight, column-major where that reads faster (and `column_major`). Each group is appended to `done`
     once installed (for `_unfuse`, even when a later one fails)."""
     for owner, role, members in _projection_groups(model):
         fused = FusedProjection(members)
         weight = fused.linear.weight
-        if type(fused.linear) is nn.Linear and _column_major(weight):
+        if column_major and type(fused.linear) is nn.Linear and _column_major(weight):
             weight.data = weight.data.t().contiguous().t()
         start = 0
         for member in members:
@@ -170,9 +173,10 @@ def _unfuse(groups: list[tuple[nn.Module, str, list[nn.Module]]]) -> None:
 
 
 @contextmanager
-def decode_layout(model: nn.Module, fuse: bool = True) -> Iterator[nn.Module]:
+def decode_layout(model: nn.Module, fuse: bool = True, for_compile: bool = False) -> Iterator[nn.Module]:
     """Within the block, q/k/v and gate/up read as one stacked weight each (`fuse`) and wide CPU weights are
-    column-major (module docstring); on exit every weight is contiguous and on its own storage again.
+    column-major, unless the steps run through `compiled_decode` (`for_compile`: every weight stays row-major);
+    module docstring. On exit every weight is contiguous and on its own storage again.
 
     Results are unchanged up to fp32 rounding. Use it around inference:
     `with decode_layout(model): model.generate(...)`.
@@ -181,9 +185,9 @@ def decode_layout(model: nn.Module, fuse: bool = True) -> Iterator[nn.Module]:
     weights: list[nn.Parameter] = []
     try:
         if fuse:
-            _fuse(model, groups)
+            _fuse(model, groups, column_major=not for_compile)
         fused_ids = {id(member.weight) for _, _, members in groups for member in members}
-        weights = _wide_cpu_weights(model, skip=fused_ids)
+        weights = [] if for_compile else _wide_cpu_weights(model, skip=fused_ids)
         for weight in weights:
             weight.data = weight.data.t().contiguous().t()
         yield model
