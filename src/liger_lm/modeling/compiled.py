@@ -4,9 +4,9 @@ On a CPU a batch-1 decode step of a small model is bound by operator dispatch, n
 a default-preset step at 1K context spends about a third of its time in matrix products
 (`python scripts/profile_decode.py`). Compiling the model's forward fuses each layer's elementwise work (norms,
 RoPE, the mixing step, the cache update) into a few generated kernels, and each single-row weight product into a
-reduction kernel that reads the weight 2–3× faster than MKL's mat-vec on the README's CPUs (`quantize.reduction_linear`;
-within the block every plain `nn.Linear` computes through `quantize.linear_forward`, which takes that route only while
-compiling). That kernel wants row-major weights: inside `decode_layout`, pass `for_compile=True`.
+reduction kernel (`quantize.reduction_linear`), which read the weights 2–3× faster than MKL's mat-vec on the Zen 4
+CPU of the README. Within the block every plain `nn.Linear` computes through `quantize.linear_forward`, which takes
+that route only while compiling. The kernel wants row-major weights: inside `decode_layout`, pass `for_compile=True`.
 
 Only steps whose shapes stay put from one token to the next go through the compiled forward: one new token per row,
 and every Liger layer `steady` (window buffer full, sinks stored), so a converted model compiles one graph per batch

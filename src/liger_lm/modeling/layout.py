@@ -143,8 +143,8 @@ def _wide_cpu_weights(model: nn.Module, skip: set[int]) -> list[nn.Parameter]:
 
 def _fuse(model: nn.Module, done: list[tuple[nn.Module, str, list[nn.Module]]], column_major: bool) -> None:
     """Install a `FusedProjection` on every fusable group and point the members' weights (and biases) at views of
-    it: rows [a, b) of the stacked weight, column-major where that reads faster (and `column_major`). Each group is appended to `done`
-    once installed (for `_unfuse`, even when a later one fails)."""
+    it: rows [a, b) of the stacked weight, column-major where that reads faster and `column_major` asks for it.
+    Each group is appended to `done` once installed (for `_unfuse`, even when a later one fails)."""
     for owner, role, members in _projection_groups(model):
         fused = FusedProjection(members)
         weight = fused.linear.weight
