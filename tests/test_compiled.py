@@ -55,6 +55,22 @@ def test_compiled_generate_gives_the_eager_tokens_and_compiles_once(case, frame_
     assert "forward" not in vars(compiled_model)  # the eager forward is back
 
 
+@torch.no_grad()
+def test_step_options_keep_the_guards_on_the_inputs(frame_compiles):
+    """`STEP_OPTIONS` skips dynamo's guards on the modules, not those on the inputs: in one block a batch of one row,
+    then of two, gets a graph each and the eager tokens each."""
+    model = liger_lm.convert(tiny_model("llama"), **{**PRESETS[DEFAULT_PRESET].liger, "window": 12})
+    ids, mask = _left_padded_prompts()
+    greedy = dict(max_new_tokens=24, do_sample=False, pad_token_id=0)
+    batches = [(ids[:1], mask[:1]), (ids, mask)]
+    eager = [model.generate(batch, attention_mask=batch_mask, **greedy) for batch, batch_mask in batches]
+    with liger_lm.decode_layout(model, for_compile=True), compiled_decode(model):
+        compiled = [model.generate(batch, attention_mask=batch_mask, **greedy) for batch, batch_mask in batches]
+    assert frame_compiles() == 2
+    for tokens, expected in zip(compiled, eager):
+        assert torch.equal(tokens, expected)
+
+
 # the operators an uncompiled weight product dispatches (the window attention's own products stay `aten::bmm`)
 WEIGHT_PRODUCTS = {"aten::mm", "aten::addmm", "aten::mv", "aten::linear", "aten::_weight_int8pack_mm"}
 

@@ -13,7 +13,13 @@ from liger_lm.ops.recurrence import (
     naive_recurrent_gla_value_decay,
 )
 from liger_lm.ops import recurrence
-from liger_lm.ops.swa import gather_sinks, naive_sliding_window_attention, sliding_window_attention
+from liger_lm.ops.swa import (
+    gather_sinks,
+    group_scores,
+    group_weighted_values,
+    naive_sliding_window_attention,
+    sliding_window_attention,
+)
 
 
 def assert_close_to(actual, expected):
@@ -392,6 +398,30 @@ def test_gla_ops_stay_fp32_under_bf16_autocast(fn):
     assert o.dtype == s.dtype == torch.float32
     assert_close_to(o, o_ref)
     assert_close_to(s, s_ref)
+
+
+def test_group_products_match_a_per_head_loop_with_gradients():
+    """The decode step's score and weighted-value products against a loop over batch rows, query heads and keys,
+    gradients included; query head h reads kv head h // G."""
+    torch.manual_seed(8)
+    q_groups = torch.randn(2, 3, 2, 8, requires_grad=True)  # [B, Hkv, G, D]
+    keys, values = torch.randn(2, 5, 3, 8, requires_grad=True), torch.randn(2, 5, 3, 8, requires_grad=True)
+    weights = torch.randn(2, 3, 2, 5, requires_grad=True)
+    scores = group_scores(q_groups, keys)
+    out = group_weighted_values(weights, values)
+    loop_scores = torch.stack([torch.stack([torch.stack([torch.stack([q_groups[b, h, g] @ keys[b, j, h]
+                                                                      for j in range(5)]) for g in range(2)])
+                                            for h in range(3)]) for b in range(2)])
+    loop_out = torch.stack([torch.stack([torch.stack([sum(weights[b, h, g, j] * values[b, j, h] for j in range(5))
+                                                      for g in range(2)]) for h in range(3)]) for b in range(2)])
+    torch.testing.assert_close(scores, loop_scores)
+    torch.testing.assert_close(out, loop_out)
+    inputs = (q_groups, keys, values, weights)
+    grads = torch.autograd.grad((scores * scores.detach().cos()).sum() + (out * out.detach().sin()).sum(), inputs)
+    expected = torch.autograd.grad((loop_scores * scores.detach().cos()).sum() + (loop_out * out.detach().sin()).sum(),
+                                   inputs)
+    for grad, reference in zip(grads, expected):
+        torch.testing.assert_close(grad, reference)
 
 
 @pytest.mark.parametrize("past", [0, 5, 7])

@@ -130,6 +130,29 @@ def test_steady_decode_step_equals_the_general_path(family, sinks, learned, monk
     torch.testing.assert_close(fast, decode(), rtol=0, atol=1e-5)
 
 
+def test_window_softmax_over_sinks_and_window_apart_equals_sdpa_over_the_joined_keys():
+    """The compiled decode step attends over the sinks and the window as two parts under one softmax; the eager step
+    over the joined keys. Both against SDPA (query head h·G + g reads kv head h), padding keys included."""
+    from liger_lm.modeling.mixer import _window_softmax
+
+    torch.manual_seed(0)
+    q_groups = torch.randn(2, 3, 2, 8)  # [B, H_kv, G, D]
+    parts = [(torch.randn(2, n, 3, 8), torch.randn(2, n, 3, 8), torch.rand(2, n) > 0.4) for n in (4, 7)]
+    parts[1][2][:, -1] = True  # the current token
+    joined = tuple(torch.cat(x, dim=1) for x in zip(*parts))
+    out, lse = _window_softmax(q_groups, parts, 0.3)
+    joined_out, joined_lse = _window_softmax(q_groups, [joined], 0.3)
+    keys, values = (x.repeat_interleave(2, dim=2).transpose(1, 2) for x in joined[:2])  # [B, H, S, D]
+    valid = joined[2]
+    expected = F.scaled_dot_product_attention(q_groups.flatten(1, 2)[:, :, None], keys, values,
+                                              attn_mask=valid[:, None, None], scale=0.3)
+    for result in (out, joined_out):
+        torch.testing.assert_close(result.flatten(1, 2), expected[:, :, 0])
+    scores = 0.3 * torch.einsum("bhgd,bshd->bhgs", q_groups, joined[0]).masked_fill(~valid[:, None, None], -torch.inf)
+    torch.testing.assert_close(lse, scores.logsumexp(-1))
+    torch.testing.assert_close(joined_lse, scores.logsumexp(-1))
+
+
 @torch.no_grad()
 def test_shared_starts_as_the_window_and_rec_weight_zero_turns_it_off():
     base, ids = tiny_model("llama"), token_ids()

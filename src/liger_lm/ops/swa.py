@@ -72,6 +72,22 @@ def _take(x, index):
     return x.gather(1, index.view(*index.shape, *(1,) * (x.dim() - 2)).expand(*index.shape, *x.shape[2:]))
 
 
+def group_scores(q_groups: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """s[b, h, g, j] = q[b, h, g] · k[b, j, h] for one query per row and head (a decode step), one batched matmul, fp32.
+
+    q_groups: [B, Hkv, G, D] (query head h·G + g); keys: [B, S, Hkv, D]. Returns [B, Hkv, G, S].
+    """
+    return q_groups.float() @ keys.float().permute(0, 2, 3, 1)
+
+
+def group_weighted_values(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """o[b, h, g] = Σ_j w[b, h, g, j] v[b, j, h], the counterpart of `group_scores`, fp32.
+
+    weights: [B, Hkv, G, S]; values: [B, S, Hkv, D]. Returns [B, Hkv, G, D].
+    """
+    return weights.float() @ values.float().transpose(1, 2)
+
+
 def _band_mask(num_queries, num_keys, window, device):
     """[Tq, Sk] bool: the queries sit at the last Tq key positions."""
     query_pos = torch.arange(num_queries, device=device)[:, None] + (num_keys - num_queries)
