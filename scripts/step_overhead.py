@@ -5,9 +5,9 @@
 Default model, default preset (untrained), inside `decode_layout(for_compile=True)`, a real prefill of `--length`
 tokens, then the same steady single-token step compiled three times (`torch.compile(dynamic=True)`, each its own
 code object, so each keeps its own graph and guards): with inductor's defaults, without the generated wrapper's size
-asserts, and with `STEP_OPTIONS` (no size asserts, no guards on the modules), and with `--cpp-wrapper` also with
-inductor's C++ wrapper (the kernels built separately). The variants take turns, `--steps`
-steps each, for `--rounds` rounds; prints each one's median ms per token with its quartiles.
+asserts, and with `STEP_OPTIONS` (no size asserts, no guards on the modules); `--cpp-wrapper` adds a fourth,
+`STEP_OPTIONS` with inductor's C++ wrapper (the kernels built separately). The variants take turns, `--steps` steps
+each, for `--rounds` rounds; prints each one's median ms per token with its quartiles.
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--cpp-wrapper", action="store_true",
-                        help="also STEP_OPTIONS with the kernels launched from C++ (a compile about twice as long)")
+                        help="also STEP_OPTIONS with the kernels launched from C++ (a longer compile)")
     args = parser.parse_args()
     variants = dict(VARIANTS)
     if args.cpp_wrapper:
-        variants["STEP_OPTIONS + cpp_wrapper"] = {**STEP_OPTIONS, "cpp_wrapper": True, "cpp_wrapper_build_separate": True}
+        variants["STEP_OPTIONS + cpp_wrapper"] = {**STEP_OPTIONS, "cpp_wrapper": True,
+                                                  "cpp_wrapper_build_separate": True}
     model, _ = liger_lm.load_default_model()
     model = quantize.quantize_for_decode(liger_lm.convert(model, **PRESETS[DEFAULT_PRESET].liger), args.weights)
     step = torch.tensor([[5]])
