@@ -23,7 +23,7 @@ from transformers import DynamicCache
 import liger_lm
 from liger_lm import quantize
 from liger_lm.compat import with_cache
-from liger_lm.modeling.compiled import STEP_OPTIONS, compiled_decode
+from liger_lm.modeling.compiled import STEP_OPTIONS, _contiguous_cache, compiled_decode
 from liger_lm.presets import DEFAULT_PRESET, PRESETS
 
 VARIANTS = {"inductor defaults": {}, "no size asserts": {"size_asserts": False}, "STEP_OPTIONS": STEP_OPTIONS}
@@ -53,8 +53,7 @@ def main() -> None:
         forward(prompt, **with_cache(cache), use_cache=True)
         for _ in range(3):  # the window buffer fills past the prompt's last token: the cache is steady
             forward(step, **with_cache(cache), use_cache=True)
-        for layer in cache.layers:  # the compiled step's layout (`compiled._contiguous_cache`)
-            layer.map_tensors(lambda t: t.clone(memory_format=torch.contiguous_format))
+        _contiguous_cache(cache)  # the layout compiled steps keep (what compiled_decode's forward does first)
         arguments = dict(**with_cache(cache), use_cache=True, attention_mask=None)
         steps = {}
         for index, (name, options) in enumerate(variants.items()):
