@@ -400,15 +400,21 @@ def test_gla_ops_stay_fp32_under_bf16_autocast(fn):
     assert_close_to(s, s_ref)
 
 
-def test_group_products_match_a_per_head_loop_with_gradients():
+@pytest.mark.parametrize("traced", [False, True])
+def test_group_products_match_a_per_head_loop_with_gradients(traced):
     """The decode step's score and weighted-value products against a loop over batch rows, query heads and keys,
-    gradients included; query head h reads kv head h // G."""
+    gradients included; query head h reads kv head h // G. Traced by torch.compile (its graph run eagerly), five keys
+    take the products-and-sums form, as the sinks and the leaving token do in a compiled decode step."""
     torch.manual_seed(8)
     q_groups = torch.randn(2, 3, 2, 8, requires_grad=True)  # [B, Hkv, G, D]
     keys, values = torch.randn(2, 5, 3, 8, requires_grad=True), torch.randn(2, 5, 3, 8, requires_grad=True)
     weights = torch.randn(2, 3, 2, 5, requires_grad=True)
-    scores = group_scores(q_groups, keys)
-    out = group_weighted_values(weights, values)
+    scores_of, values_of = group_scores, group_weighted_values
+    if traced:
+        torch._dynamo.reset()
+        scores_of, values_of = (torch.compile(f, backend="aot_eager", fullgraph=True) for f in (scores_of, values_of))
+    scores = scores_of(q_groups, keys)
+    out = values_of(weights, values)
     loop_scores = torch.stack([torch.stack([torch.stack([torch.stack([q_groups[b, h, g] @ keys[b, j, h]
                                                                       for j in range(5)]) for g in range(2)])
                                             for h in range(3)]) for b in range(2)])

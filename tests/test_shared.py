@@ -130,6 +130,51 @@ def test_steady_decode_step_equals_the_general_path(family, sinks, learned, monk
     torch.testing.assert_close(fast, decode(), rtol=0, atol=1e-5)
 
 
+@torch.no_grad()
+def test_ring_buffer_steps_write_in_place_and_give_the_general_paths_cache_and_logits(monkeypatch):
+    """Steady steps overwrite the window buffer's oldest slot in place (a ring) instead of shifting it: a 2-token
+    chunk in between (the general path, which puts the ring back in time order first) and beam search's row
+    reordering see the same cache and logits as without the ring."""
+    from transformers import DynamicCache
+
+    from liger_lm.compat import with_cache
+    from liger_lm.modeling.mixer import LigerAttention
+
+    model = liger_lm.convert(tiny_model("qwen3"), window=4, sinks=2, combine="shared", rec_logit_init=1.5)
+    padded, mask = left_pad([token_ids(1, 6, seed=4)[0], token_ids(1, 2, seed=5)[0]])
+    mask = mask.bool()
+    continuation = token_ids(2, 13, seed=6)
+    # 3 general steps store the second row's sinks, 2 ring steps move the ring, the chunk puts it back in time order
+    chunks = [1] * 5 + [2] + [1] * 5
+
+    def decode():
+        cache = DynamicCache(config=model.config)
+        logits, position, full_mask = [model(padded, attention_mask=mask, **with_cache(cache)).logits], 0, mask
+        starts, addresses = [], []  # the ring's start before each chunk, the buffer's address after each
+        for size in chunks:
+            full_mask = torch.cat([full_mask, torch.ones(2, size, dtype=torch.bool)], dim=1)
+            starts.append(None if cache.layers[1].ring_start is None else int(cache.layers[1].ring_start))
+            logits.append(model(continuation[:, position : position + size], attention_mask=full_mask,
+                                **with_cache(cache)).logits)
+            addresses.append(cache.layers[1].keys.data_ptr())
+            position += size
+        layer = cache.layers[1]
+        return torch.cat(logits, dim=1), [*layer.window_keys(), layer.raw_keys], starts, addresses
+
+    ring_logits, ring_buffer, starts, addresses = decode()
+    assert starts[chunks.index(2)] != 0  # the chunk finds the ring moved
+    assert len(set(addresses[-5:])) == 1  # the steps after it write into one buffer
+    monkeypatch.setattr(LigerAttention, "_steady_decode", lambda *args: False)
+    logits, buffer, starts, _ = decode()
+    assert set(starts) == {0}  # the general path keeps its buffer in time order
+    torch.testing.assert_close(ring_logits, logits, rtol=0, atol=1e-5)
+    for ring_tensor, tensor in zip(ring_buffer, buffer):
+        torch.testing.assert_close(ring_tensor, tensor, rtol=0, atol=1e-5)
+    monkeypatch.undo()
+    beams = dict(attention_mask=mask, max_new_tokens=10, num_beams=3, do_sample=False, pad_token_id=0)
+    assert torch.equal(model.generate(padded, **beams), model.generate(padded, use_cache=False, **beams))
+
+
 def test_window_softmax_over_sinks_and_window_apart_equals_sdpa_over_the_joined_keys():
     """The compiled decode step attends over the sinks and the window as two parts under one softmax; the eager step
     over the joined keys. Both against SDPA (query head h·G + g reads kv head h), padding keys included."""

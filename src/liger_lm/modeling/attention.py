@@ -6,7 +6,7 @@ mixing step (docs/method.md §2):
 
     q, k, v = raw projections                     [B, T, H, D], [B, T, H_kv, D]   (`_project`)
     out, state, window = mix(q, k, v, ...)        the method's own step            (subclasses)
-    cache.advance(state, window)                  fp32 state + rolling window buffer (`modeling.cache`)
+    cache.advance(state, window)                  fp32 state + window buffer (`modeling.cache`)
     return out W_o
 
 and the helpers a mixing step needs: the family's RoPE (`_rope`), the window buffer joined to the current keys
@@ -47,6 +47,7 @@ class LinearizedAttention(nn.Module):
     with_lora_modules: ClassVar[tuple[str, ...]] = ()
     lr_scales: ClassVar[dict[str, str]] = {}  # submodule name → the TrainConfig field with its lr multiplier
     fused_qkv: FusedProjection | None = None  # q/k/v read as one weight, set within `decode_layout`
+    ring_buffer = False  # whether steady decode steps overwrite the window buffer's oldest token in place
 
     def __init__(self, attention: nn.Module, config: LigerConfig, adapter: ArchitectureAdapter) -> None:
         super().__init__()
@@ -80,7 +81,8 @@ class LinearizedAttention(nn.Module):
         valid = token_validity(attention_mask, length)
         out, state, window = self.mix(q, k, v, valid, position_embeddings, cache)
         if cache is not None:
-            cache.advance(state, window, new_tokens=length, window=self.liger.window, sinks=self.liger.sinks)
+            cache.advance(state, window, new_tokens=length, window=self.liger.window, sinks=self.liger.sinks,
+                          ring=self.ring_buffer)
         return self.o_proj(out.to(hidden_states.dtype).reshape(batch, length, -1)), None
 
     def mix(
@@ -97,12 +99,13 @@ class LinearizedAttention(nn.Module):
         Args:
             q: [B, T, H, D]; k, v: [B, T, H_kv, D], raw projections (no RoPE).
             valid: [B, T] bool, which tokens are real (None: all).
-            cache: this layer's decode cache (None: no cache), read-only here.
+            cache: this layer's decode cache (None: no cache), read-only here but for a ring buffer's slot that
+                a steady step overwrites (`LigerCacheLayer.push`).
 
         Returns:
             the mixed output [B, T, H, D], the new recurrent state (or None) and the window stream to keep
             (keys, values, validity over buffer + current tokens, optionally their raw keys; None: no window
-            branch).
+            branch, or a steady step that wrote its token into the ring buffer).
         """
         raise NotImplementedError
 

@@ -35,7 +35,7 @@ from ..ops import sliding_window_attention
 from ..ops.swa import Sinks, gather_sinks, group_scores, group_weighted_values, sink_mask
 from .adapters import ArchitectureAdapter
 from .attention import LinearizedAttention
-from .cache import LigerCacheLayer
+from .cache import LigerCacheLayer, NewToken
 from .gates import FEATURE_MAPS, GATES, MIN_LOG_DECAY, NORMALISER_FLOOR, to_heads, with_ones_column
 
 if TYPE_CHECKING:  # the settings import the method registry (`modeling.methods`)
@@ -141,7 +141,7 @@ class LigerAttention(LinearizedAttention):
     def _shared(self, q, k, v, valid, position_embeddings, cache: LigerCacheLayer | None):
         """`combine="shared"` (module docstring): window and recurrent branch under one softmax normaliser."""
         if self._steady_decode(q, valid, cache):
-            return self._shared_decode(q, k, v, position_embeddings, cache)
+            return self._shared_decode(q, k, v, valid, position_embeddings, cache)
         (o_swa, lse), stream = self._sliding_window(q, k, v, valid, position_embeddings, cache, with_lse=True)
         raw_keys = k if cache is None or cache.raw_keys is None else torch.cat([cache.raw_keys, k], dim=1)
         if stream[0].shape[1] < self.liger.window and (cache is None or cache.state is None):
@@ -151,25 +151,36 @@ class LigerAttention(LinearizedAttention):
         numerator, normaliser, state = self._left_the_window(q, raw_keys, stream, cache)
         return _shared_output(o_swa, lse, numerator, normaliser, self.rec_logit()), state, (*stream, raw_keys)
 
-    def _steady_decode(self, q, valid, cache: LigerCacheLayer | None) -> bool:
-        """Whether this call is a decode step `shared_decode_step` computes: one real token, a full window buffer
-        with a state behind it, every sink stored, and a gate that declares its per-key-dim decay."""
-        return (cache is not None and q.shape[1] == 1 and valid is None and cache.state is not None
-                and cache.raw_keys is not None and self.liger.window > 1
-                and cache.keys.shape[1] == self.liger.window - 1 and not self._stream_may_hold_sinks(cache)
-                and GATES[self.liger.gate].key_log_decay is not None)
+    @property
+    def ring_buffer(self) -> bool:
+        """Whether steady decode steps run `_shared_decode`, which keeps the window buffer as a ring."""
+        c = self.liger
+        return (c.combine == "shared" and bool(c.rec_weight and c.swa_weight) and c.window > 1
+                and GATES[c.gate].key_log_decay is not None)
 
-    def _shared_decode(self, q, k, v, position_embeddings, cache: LigerCacheLayer):
-        """`_shared` for a steady decode step (`_steady_decode`): the window stream the cache keeps, and the step
-        in a few fused ops instead of the general blocked forms (a decode step is bound by op dispatch)."""
+    def _steady_decode(self, q, valid, cache: LigerCacheLayer | None) -> bool:
+        """Whether this call is a decode step `shared_decode_step` computes: one real token, a full ring buffer with
+        a state behind it, every sink stored, and a gate that declares its per-key-dim decay (`ring_buffer`).
+        Compiled steps pass the mask on (`token_validity`), but `compiled_decode` compiles only real new tokens."""
+        return (self.ring_buffer and cache is not None and q.shape[1] == 1
+                and (valid is None or torch.compiler.is_compiling()) and cache.state is not None
+                and cache.ring_start is not None and cache.keys.shape[1] == self.liger.window - 1
+                and not self._stream_may_hold_sinks(cache))
+
+    def _shared_decode(self, q, k, v, valid, position_embeddings, cache: LigerCacheLayer):
+        """`_shared` for a steady decode step (`_steady_decode`) in a few fused ops instead of the general blocked
+        forms (a decode step is bound by op dispatch). The window buffer is a ring: the current token overwrites
+        the oldest one in place (`LigerCacheLayer.push`) instead of a shifted copy of the buffer per layer and
+        step; the step attends over the buffer in slot order and the token it replaced, which it then writes into
+        the state. Written before the attention reads the buffer, so that a compiled step writes the one slot in
+        place rather than copying the buffer first."""
         q_rope, k_rope = self._rope(q, k, position_embeddings)
-        stream = (torch.cat([cache.keys, k_rope], dim=1), torch.cat([cache.values, v], dim=1),
-                  torch.cat([cache.key_valid, cache.key_valid.new_ones(q.shape[0], 1)], dim=1),
-                  torch.cat([cache.raw_keys, k], dim=1))
-        out, state = shared_decode_step(self._features_in(q, "q"), q_rope, *stream, cache.sinks, cache.state[0],
-                                        self.rec_logit(), self.scaling, self.liger,
-                                        leaving_feature_key=self._features_in(cache.raw_keys[:, 0], "k"))
-        return out, (state,), stream
+        current_valid = valid if valid is not None else cache.key_valid.new_ones(q.shape[0], 1)
+        leaving = cache.push(NewToken(k_rope, v, current_valid, k))
+        out, state = shared_decode_step(self._features_in(q, "q"), q_rope, (cache.keys, cache.values, cache.key_valid),
+                                        leaving, cache.sinks, cache.state[0], self.rec_logit(), self.scaling,
+                                        self.liger, leaving_feature_key=self._features_in(leaving.raw_keys, "k"))
+        return out, (state,), None
 
     def _unnormalised(self) -> LigerConfig:
         """The settings with `normalize` off (the shared form divides by Z itself), made once per settings object."""
@@ -210,41 +221,46 @@ class LigerAttention(LinearizedAttention):
         return out[..., :-1], out[..., -1], state
 
 
-def shared_decode_step(q, q_rope, keys, values, key_valid, raw_keys, sinks: Sinks | None, state, omega, scale: float,
+def shared_decode_step(q, q_rope, window, leaving: NewToken, sinks: Sinks | None, state, omega, scale: float,
                        config: LigerConfig, leaving_feature_key=None):
     """One decode step of `combine="shared"` once the window buffer is full (general form: `LigerAttention._shared`):
 
         o = σ(lse − ω − log Z) · o^swa + N / (Z + e^{lse − ω})
-        o^swa, lse = softmax attention of RoPE(q) over the valid stream keys and stored sinks (all inside the window)
+        o^swa, lse = softmax attention of RoPE(q) over the valid keys of the window buffer (the current token
+                     included), the token leaving it and the stored sinks (all inside the window)
         [N | Z] = φ(q) [S | z]                  the state before this step: the tokens that left the window
-        [S | z] ← diag(a) [S | z] + φ(k₀)ᵀ [v₀, 1],  a = exp(gate.key_log_decay(k₀))   if stream token 0 is valid
+        [S | z] ← diag(a) [S | z] + φ(k₀)ᵀ [v₀, 1],  a = exp(gate.key_log_decay(k₀))   if token 0 is valid
 
-    Stream token 0 (raw key k₀, value v₀) is the one leaving the window buffer: the next query no longer sees it.
-    With `learned_features` φ reads q W_q and k₀ W_k: the caller passes q projected and `leaving_feature_key`.
+    Token 0 (raw key k₀, value v₀) is the one leaving the window: this query still sees it, the next one no longer
+    does. With `learned_features` φ reads q W_q and k₀ W_k: the caller passes q projected and `leaving_feature_key`.
 
-    q, q_rope: [B, 1, H, D] (what φ reads / RoPE'd); keys (RoPE'd), values, raw_keys: [B, w, H_kv, D], the w − 1
-    buffered tokens then the current one; key_valid: [B, w] bool; sinks: G stored sink keys (all before the stream) or
-    None; state: [B, H, D, D + 1] fp32 ([S | z]); omega: [H]; leaving_feature_key: [B, H_kv, D], what φ reads for
-    k₀ (None: k₀ itself). Returns o [B, 1, H, D] fp32 and the new state.
+    q, q_rope: [B, 1, H, D] (what φ reads / RoPE'd); window: the buffer's w − 1 RoPE'd keys, values
+    [B, w − 1, H_kv, D] and validity [B, w − 1] bool, in any order; leaving: token 0 (RoPE'd key, value, raw key
+    [B, 1, H_kv, D], validity [B, 1]); sinks: G stored sink keys (all before the stream) or None; state:
+    [B, H, D, D + 1] fp32 ([S | z]); omega: [H]; leaving_feature_key: [B, 1, H_kv, D], what φ reads for k₀ (None:
+    k₀ itself). Returns o [B, 1, H, D] fp32 and the new state.
     """
     batch, _, heads, dim = q.shape
-    kv_heads = keys.shape[2]
+    kv_heads = window[0].shape[2]
     groups = heads // kv_heads
-    leaving_key = raw_keys[:, 0].float()
-    leaving_feature = leaving_key if leaving_feature_key is None else leaving_feature_key.float()
-    leaving = (leaving_feature, leaving_key, values[:, 0].float(), key_valid[:, 0])
-    parts = [(keys, values, key_valid)]
-    if sinks is not None:
-        parts.insert(0, (sinks.keys, sinks.values, sinks.valid))
-        if not torch.compiler.is_compiling():
-            # Eagerly one product over the joined keys wins (a step is bound by op count: 4 % faster at int8);
-            # compiled, two products per part beat copying the window's keys per layer and step (6 %).
-            parts = [tuple(torch.cat(x, dim=1) for x in zip(*parts))]
+    few = leaving[:3] if sinks is None else _joined((sinks.keys, sinks.values, sinks.valid), leaving[:3])
+    # Eagerly one product over the joined keys wins (a step is bound by op count: 4 % faster at int8); compiled,
+    # two products per part beat copying the window buffer's keys per layer and step (6 %), so only the few keys
+    # of the sinks and the leaving token are joined there.
+    parts = [window, few] if torch.compiler.is_compiling() else [_joined(window, few)]
     # Query head h reads kv head h // groups (transformers' repeat_kv): [B, H_kv, groups, D] against [B, S, H_kv, D].
     o_swa, lse = _window_softmax(q_rope.float().view(batch, kv_heads, groups, dim), parts, scale)
     read = (FEATURE_MAPS[config.feature_map].apply(q.float())[:, 0, :, None, :] @ state)[:, :, 0]  # [B, H, D + 1]
     out = _shared_output(o_swa.view(batch, heads, dim), lse.view(batch, heads), read[..., :-1], read[..., -1], omega)
-    return out[:, None], _write_leaving(state, *leaving, config)
+    leaving_key = leaving.raw_keys[:, 0].float()
+    leaving_feature = leaving_key if leaving_feature_key is None else leaving_feature_key[:, 0].float()
+    return out[:, None], _write_leaving(state, leaving_feature, leaving_key, leaving.values[:, 0].float(),
+                                        leaving.key_valid[:, 0], config)
+
+
+def _joined(*parts):
+    """Keys, values and validity of several parts joined along the key axis (dim 1)."""
+    return tuple(torch.cat(x, dim=1) for x in zip(*parts))
 
 
 def _window_softmax(q_groups, parts, scale: float):

@@ -73,10 +73,13 @@ def _take(x, index):
 
 
 def group_scores(q_groups: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """s[b, h, g, j] = q[b, h, g] · k[b, j, h] for one query per row and head (a decode step), one batched matmul, fp32.
+    """s[b, h, g, j] = q[b, h, g] · k[b, j, h] for one query per row and head (a decode step), fp32: one batched
+    matmul, or for a few keys while compiling products and sums (`_few_keys`).
 
     q_groups: [B, Hkv, G, D] (query head h·G + g); keys: [B, S, Hkv, D]. Returns [B, Hkv, G, S].
     """
+    if _few_keys(keys):
+        return (q_groups.float()[:, :, :, None, :] * keys.float().permute(0, 2, 1, 3)[:, :, None]).sum(-1)
     return q_groups.float() @ keys.float().permute(0, 2, 3, 1)
 
 
@@ -85,7 +88,19 @@ def group_weighted_values(weights: torch.Tensor, values: torch.Tensor) -> torch.
 
     weights: [B, Hkv, G, S]; values: [B, S, Hkv, D]. Returns [B, Hkv, G, D].
     """
+    if _few_keys(values):
+        return (weights.float()[..., None] * values.float().permute(0, 2, 1, 3)[:, :, None]).sum(-2)
     return weights.float() @ values.float().transpose(1, 2)
+
+
+FEW_KEYS = 16
+
+
+def _few_keys(keys: torch.Tensor) -> bool:
+    """Whether a decode step's product over `keys` [B, S, ...] goes through products and sums: while compiling and
+    for at most `FEW_KEYS` keys (the sinks and the token leaving the window), which inductor fuses into the kernels
+    around them; a `bmm` call there costs more than its few products."""
+    return torch.compiler.is_compiling() and keys.shape[1] <= FEW_KEYS
 
 
 def _band_mask(num_queries, num_keys, window, device):
