@@ -3,11 +3,13 @@
     python scripts/step_overhead.py [--weights fp32|bf16|int8] [--length 1024] [--steps 8] [--rounds 30] [--cpp-wrapper]
 
 Default model, default preset (untrained), inside `decode_layout(for_compile=True)`, a real prefill of `--length`
-tokens, then the same steady single-token step compiled three times (`torch.compile(dynamic=True)`, each its own
+tokens, then the same steady single-token step compiled four times (`torch.compile(dynamic=True)`, each its own
 code object, so each keeps its own graph and guards): with inductor's defaults, without the generated wrapper's size
-asserts, and with `STEP_OPTIONS` (no size asserts, no guards on the modules); `--cpp-wrapper` adds a fourth,
-`STEP_OPTIONS` with inductor's C++ wrapper (the kernels built separately). The variants take turns, `--steps` steps
-each, for `--rounds` rounds; prints each one's median ms per token with its quartiles.
+asserts, with `STEP_OPTIONS` but inductor's reordering for locality back on (which keeps the ring buffer's write from
+being done in place), and with `STEP_OPTIONS` (no size asserts, no guards on the modules, no reordering for
+locality); `--cpp-wrapper` adds a fifth, `STEP_OPTIONS` with inductor's C++ wrapper (the kernels built separately).
+The variants take turns, `--steps` steps each, for `--rounds` rounds; prints each one's median ms per token with its
+quartiles.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from liger_lm.compat import with_cache
 from liger_lm.modeling.compiled import STEP_OPTIONS, _contiguous_cache, compiled_decode
 from liger_lm.presets import DEFAULT_PRESET, PRESETS
 
-VARIANTS = {"inductor defaults": {}, "no size asserts": {"size_asserts": False}, "STEP_OPTIONS": STEP_OPTIONS}
+VARIANTS = {"inductor defaults": {}, "no size asserts": {"size_asserts": False},
+            "STEP_OPTIONS, reordering for locality": {**STEP_OPTIONS, "reorder_for_locality": True},
+            "STEP_OPTIONS": STEP_OPTIONS}
 
 
 def main() -> None:

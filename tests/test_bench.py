@@ -76,6 +76,22 @@ def test_interleaved_medians_stop_at_the_time_budget():
     assert 2 <= timings["slow"]["runs"] <= 4
 
 
+@pytest.mark.parametrize("sample", [False, True], ids=["kernel_record", "sampling_thread"])
+def test_peak_memory_sees_what_the_block_held_and_not_an_earlier_peak(sample):
+    """64 MiB held inside the block is in its increase; 256 MiB touched and freed before it is not in its peak."""
+    if not sample and not measure._reset_kernel_peak_rss():
+        pytest.skip("no /proc/self/clear_refs: the kernel's peak RSS cannot be reset here")
+    earlier = torch.ones(256 * 2**20 // 4)
+    del earlier
+    with measure.PeakMemory(torch.device("cpu"), sample=sample) as memory:
+        held = torch.ones(64 * 2**20 // 4)
+        time.sleep(0.05)  # several 5 ms samples while it is resident
+        del held
+    assert memory.kind == ("process_rss_sampled_5ms" if sample else "process_peak_rss")
+    assert 48 * 2**20 <= memory.increase_bytes < 160 * 2**20  # part of the 64 MiB may reuse resident pages
+    assert memory.peak_bytes - memory._start < 160 * 2**20
+
+
 def _kv_bytes(config, batch, tokens):
     """Base model cache: keys and values [B, H_kv, tokens, D] per layer, fp32."""
     head_dim = config.hidden_size // config.num_attention_heads
@@ -135,12 +151,23 @@ def test_model_benchmark_end_to_end(tmp_path, monkeypatch):
     assert set(speeds) == {"16", "40"} and min(speeds.values()) > 0
     assert interleaved["speed_40_over_16"] == pytest.approx(speeds["40"] / speeds["16"], rel=1e-2)
     assert "random" in saved["protocol"] and saved["environment"]["device"] == "cpu"
+    for variant in ("fp32", "bf16"):
+        _assert_bandwidth_in_turns(saved["summary"][variant], options.decode_tokens)
     # Conversion settings of no preset: the default preset's recipe is timed (its stages: attn, then kd).
     training = saved["training"]
     assert list(training["stages"]) == ["attn", "kd"] and training["seq_len"] == 32
     assert saved["summary"]["training"]["tokens_per_s"]["kd"] == round(training["stages"]["kd"]["tokens_per_s"], 1)
     table = (tmp_path / "model.md").read_text()
     assert "| attn |" in table and "| kd |" in table
+
+
+def _assert_bandwidth_in_turns(summary: dict, rounds: int) -> None:
+    """The steps' weight read rate (tok/s × the bytes of the linear layers) over the read rate measured in turns."""
+    turns = summary["liger_decode_b1_bandwidth_in_turns"]
+    assert turns["rounds"] == rounds and turns["tokens_per_s"] > 0 and turns["memory_read_gb_s"] > 0
+    weight_read = turns["tokens_per_s"] * summary["decode_read_mb"] * 2**20 / 1e9
+    assert turns["weight_read_gb_s"] == pytest.approx(weight_read, rel=1e-2)  # decode_read_mb has 3 decimals
+    assert turns["fraction"] == pytest.approx(weight_read / turns["memory_read_gb_s"], rel=1e-2)
 
 
 def test_bench_times_the_recipe_of_the_preset_whose_conversion_it_measures():
@@ -368,7 +395,9 @@ def test_compiled_decode_rows_beside_the_eager_ones(tmp_path, monkeypatch):
     # the first step and the decode steps (a warm-up + decode_tokens) of 2 models × 2 lengths, each one graph, except
     # Liger's first step over the 9-token stand-in prefill: 2 of its 4 sinks have left the window buffer, so that
     # step and one more run eagerly (untimed) before every timed step runs compiled
-    assert len(compiled_steps) == 3 * (1 + 1 + options.decode_tokens) + (1 + options.decode_tokens)
+    # and then, for the read rate in turns, Liger's warm-up round and decode_tokens rounds of STEPS_PER_TURN steps
+    assert len(compiled_steps) == 3 * (1 + 1 + options.decode_tokens) + (1 + options.decode_tokens) \
+        + (1 + options.decode_tokens) * model_bench.STEPS_PER_TURN
     liger_64 = next(r for r in compiled if r["model"] == "liger" and r["length"] == 64)
     assert "9-token prefill" in liger_64["decode"]["context"]
     summary = results["summary"]["fp32, compiled"]
@@ -382,6 +411,7 @@ def test_compiled_decode_rows_beside_the_eager_ones(tmp_path, monkeypatch):
     assert read > 0 and results["summary"]["memory_read_gb_s"] == read
     assert fp32["liger_decode_b1_bandwidth_fraction"] == pytest.approx(
         fp32["liger_decode_b1_weight_read_gb_s"] / read, rel=2e-2, abs=2e-3)
+    _assert_bandwidth_in_turns(summary, options.decode_tokens)
     assert "forward" not in vars(model)  # the eager forward is back
 
 

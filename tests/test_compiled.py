@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -109,6 +110,33 @@ def _steady_cache(model, tokens):
     cache = DynamicCache(config=model.config)
     model(tokens[:, :-1], **with_cache(cache), use_cache=True)
     return cache
+
+
+@torch.no_grad()
+def test_compiled_steady_step_writes_the_ring_slot_in_place():
+    """With `STEP_OPTIONS`, inductor's code for a steady default-preset step writes the new token into its ring slot
+    and never copies a whole window buffer. With inductor's `reorder_for_locality` (its default) the same step copies
+    each buffer out and back (README: Speed and memory), which shows that the count below finds such copies."""
+    ours, with_reordering = _whole_buffer_loops(None), _whole_buffer_loops({"reorder_for_locality": True})
+    assert ours == 0
+    if with_reordering == 0:
+        pytest.skip("this inductor writes the ring slot in place even when it reorders for locality")
+
+
+def _whole_buffer_loops(options):
+    """Loops over exactly one window buffer's elements in the code inductor generates for one steady step."""
+    from torch._inductor.utils import run_and_get_code
+
+    model = liger_lm.convert(tiny_model("llama"), **{**PRESETS[DEFAULT_PRESET].liger, "window": 30})
+    ids = torch.randint(3, 97, (1, 41), generator=torch.Generator().manual_seed(7))
+    with liger_lm.decode_layout(model, for_compile=True), compiled_decode(model, options=options):
+        cache = _steady_cache(model, ids)
+        assert is_steady_step((ids[:, -1:],), with_cache(cache))
+        _, code = run_and_get_code(model, ids[:, -1:], **with_cache(cache), use_cache=True)
+    elements = cache.layers[0].keys.numel()  # 29 tokens × 2 kv heads × 8: no other tensor of the step has as many
+    bounds = re.findall(r"x0<static_cast<int64_t>\((\d+)L\);", "\n".join(code))
+    assert bounds, "no loops found: inductor's C++ has changed, update the pattern"
+    return bounds.count(str(elements))
 
 
 def test_only_single_token_steps_over_a_steady_cache_are_compiled():

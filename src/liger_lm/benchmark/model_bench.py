@@ -24,7 +24,9 @@ Protocol (also written into the JSON):
     single-row reduction); the variant is "<variant>, compiled" and `first_step_s` is the first step's time, which at
     the first length includes the compile;
   * memory read rate: a `sum` over 512 MiB of fp32 (`measure.read_rate`), against which the summary puts the
-    rate at which a batch-1 Liger step reads its linear layers' weights.
+    rate at which a batch-1 Liger step reads its linear layers' weights; measured once at the end, and in turns
+    with Liger's batch-1 steps at the shortest length (`bandwidth_in_turns`, every variant, eager and compiled),
+    so that a shared machine's drift between the two cancels in their ratio.
 """
 
 from __future__ import annotations
@@ -43,11 +45,12 @@ from ..modeling.cache import cache_bytes
 from ..modeling.compiled import compiled_decode, is_steady_step
 from ..modeling.layout import decode_layout
 from ..quantize import QuantizedLinear, quantize_for_decode
-from .measure import PeakMemory, interleaved_medians, read_rate, repeat_median, timed
+from .measure import PeakMemory, gb_per_s, interleaved_medians, read_probe, read_rate, repeat_median, timed
 from .report import COMPILED
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 WARMUP_TOKENS = 64
+STEPS_PER_TURN = 4  # decode steps between two reads of the probe (`bandwidth_in_turns`)
 
 
 @dataclass
@@ -147,6 +150,32 @@ def measure_decode(model, cache, batch: int, settings: ModelBenchSettings, devic
     }
 
 
+def bandwidth_in_turns(model, cache, settings: ModelBenchSettings, device: torch.device) -> dict:
+    """Batch-1 decode continuing `cache` and the memory read rate, measured in turns (`interleaved_medians`:
+    `STEPS_PER_TURN` steps, then one `sum` over the read probe, for `decode_tokens` rounds), and the share of that
+    read rate at which the steps read the model's linear weights (`decode_read_bytes`). Measured apart, minutes from
+    each other, the two rates drift independently on a shared machine; in turns, the drift cancels in the ratio."""
+    step, probe = _greedy_step(model, cache, _token_ids(model, 1, 1)), read_probe(device)
+
+    def steps():
+        for _ in range(STEPS_PER_TURN):
+            step()
+
+    timings = interleaved_medians({"decode": steps, "read": probe.sum}, device, settings.decode_tokens,
+                                  settings.max_seconds)
+    tokens_per_s = STEPS_PER_TURN / timings["decode"]["median_s"]
+    weight_read_gb_s = tokens_per_s * decode_read_bytes(model) / 1e9
+    read_gb_s = gb_per_s(probe, timings["read"]["median_s"])
+    return {"tokens_per_s": round(tokens_per_s, 3), "memory_read_gb_s": read_gb_s,
+            "weight_read_gb_s": _significant(weight_read_gb_s), "fraction": _significant(weight_read_gb_s / read_gb_s),
+            "rounds": timings["decode"]["runs"]}
+
+
+def _significant(value: float, digits: int = 4) -> float:
+    """`value` to `digits` significant digits (a tiny test model's rates are far below 0.01 GB/s)."""
+    return float(f"{value:.{digits}g}")
+
+
 def measure_prefill(model, batch: int, length: int, settings: ModelBenchSettings, device: torch.device):
     """(prefill result dict, the cache of the last run)."""
     ids = _token_ids(model, batch, length)
@@ -179,6 +208,8 @@ def _row(model, kind: str, dtype: str, batch: int, length: int, settings: ModelB
         else:
             cache, context = _stand_in_cache(model, kind, batch, length, settings)
         row["decode"] = measure_decode(model, cache, batch, settings, device, context)
+        if kind == "liger" and batch == 1 and length == min(settings.lengths):
+            row["decode"]["bandwidth_in_turns"] = bandwidth_in_turns(model, cache, settings, device)
     prefill = row["prefill"]["tokens_per_s"] if row["prefill"] else "-"
     log(f"{kind} {variant} B={batch} L={length}: prefill {prefill} tok/s, decode {row['decode']['tokens_per_s']} tok/s")
     return row, cache
@@ -210,6 +241,8 @@ def _compiled_rows(model, kind: str, dtype: str, weights: str, settings: ModelBe
             first_step_s, _ = timed(step, device)
             steady = _until_steady(step, cache, token)
             decode = measure_decode(model, cache, 1, settings, device, context)
+            if kind == "liger" and length == min(settings.lengths):
+                decode["bandwidth_in_turns"] = bandwidth_in_turns(model, cache, settings, device)
             rows.append({"model": kind, "dtype": dtype, "weights": weights, "variant": variant, "batch": 1,
                          "length": length, "prefill": None, "compiled": steady,
                          "decode": {**decode, "first_step_s": round(first_step_s, 3)}})

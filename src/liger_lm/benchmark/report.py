@@ -59,6 +59,8 @@ def model_summary(results: dict) -> dict:
             "liger_decode_b1_weight_read_gb_s": round(weight_read_gb_s, 2) if weight_read_gb_s else None,
             # ... and its share of what the memory reads per second (1.0 = the step only waits for its weights)
             "liger_decode_b1_bandwidth_fraction": _ratio(weight_read_gb_s, memory_read_gb_s),
+            # the same share with the read rate measured in turns with the steps (`model_bench.bandwidth_in_turns`)
+            "liger_decode_b1_bandwidth_in_turns": _decode(results, "liger", variant, 1, short, "bandwidth_in_turns"),
             "weights_mb": weights_mb,
             "decode_read_mb": step_mb,
             "liger_over_base_decode": {f"batch{b}_len{n}": _ratio(_decode(results, "liger", variant, b, n),

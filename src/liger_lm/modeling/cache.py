@@ -85,7 +85,8 @@ class LigerCacheLayer(CacheLayerMixin):
         buffers = (self.keys, self.values, self.key_valid, self.raw_keys)
         oldest = NewToken(*(t.index_select(1, self.ring_start) for t in buffers))
         for buffer, new in zip(buffers, token):
-            buffer[:, self.ring_start] = new  # index_put_, which inductor writes in place (index_copy_ it copies)
+            # index_put_: inductor writes it in place if no read of the old buffer follows it (`STEP_OPTIONS`)
+            buffer[:, self.ring_start] = new
         self.ring_start = (self.ring_start + 1) % self.keys.shape[1]
         return oldest
 

@@ -91,7 +91,12 @@ def compiled_decode(model: nn.Module, backend: str = "inductor", mode: str | Non
 # state (grad mode) stay. Without both, a default-model step at 1K on the Zen 4 CPU of the README took 17.8 instead
 # of 21.3 ms with int8 weights, 26.1 instead of 28.0 with fp32 (`scripts/step_overhead.py`). Older torch has no
 # guard filter.
-STEP_OPTIONS = {"size_asserts": False}
+# A third: inductor's `reorder_for_locality` moves the read of the token leaving a ring buffer (`LigerCacheLayer.push`)
+# next to its use, after the write of the new token. Its reinplace pass then sees the old buffer read after the
+# write and keeps the write functional: a copy of the whole window buffer and a copy back, for keys and values, in
+# every layer and step. Without that pass the slot is written in place: 22.55 instead of 23.49 ms a step at fp32
+# (`scripts/step_overhead.py`; README: Speed and memory).
+STEP_OPTIONS = {"size_asserts": False, "reorder_for_locality": False}
 if hasattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe"):
     STEP_OPTIONS["guard_filter_fn"] = torch.compiler.skip_guard_on_all_nn_modules_unsafe
 
