@@ -150,19 +150,19 @@ def measure_decode(model, cache, batch: int, settings: ModelBenchSettings, devic
     }
 
 
-def bandwidth_in_turns(model, cache, settings: ModelBenchSettings, device: torch.device) -> dict:
+def bandwidth_in_turns(model, cache, device: torch.device, rounds: int, max_seconds: float) -> dict:
     """Batch-1 decode continuing `cache` and the memory read rate, measured in turns (`interleaved_medians`:
-    `STEPS_PER_TURN` steps, then one `sum` over the read probe, for `decode_tokens` rounds), and the share of that
-    read rate at which the steps read the model's linear weights (`decode_read_bytes`). Measured apart, minutes from
-    each other, the two rates drift independently on a shared machine; in turns, the drift cancels in the ratio."""
+    `STEPS_PER_TURN` steps, then one `sum` over the read probe, for `rounds` rounds or until `max_seconds`), and the
+    share of that read rate at which the steps read the model's linear weights (`decode_read_bytes`). Measured apart,
+    minutes from each other, the two rates drift independently on a shared machine; in turns, the drift cancels in
+    the ratio."""
     step, probe = _greedy_step(model, cache, _token_ids(model, 1, 1)), read_probe(device)
 
     def steps():
         for _ in range(STEPS_PER_TURN):
             step()
 
-    timings = interleaved_medians({"decode": steps, "read": probe.sum}, device, settings.decode_tokens,
-                                  settings.max_seconds)
+    timings = interleaved_medians({"decode": steps, "read": probe.sum}, device, rounds, max_seconds)
     tokens_per_s = STEPS_PER_TURN / timings["decode"]["median_s"]
     weight_read_gb_s = tokens_per_s * decode_read_bytes(model) / 1e9
     read_gb_s = gb_per_s(probe, timings["read"]["median_s"])
@@ -209,7 +209,8 @@ def _row(model, kind: str, dtype: str, batch: int, length: int, settings: ModelB
             cache, context = _stand_in_cache(model, kind, batch, length, settings)
         row["decode"] = measure_decode(model, cache, batch, settings, device, context)
         if kind == "liger" and batch == 1 and length == min(settings.lengths):
-            row["decode"]["bandwidth_in_turns"] = bandwidth_in_turns(model, cache, settings, device)
+            row["decode"]["bandwidth_in_turns"] = bandwidth_in_turns(model, cache, device, settings.decode_tokens,
+                                                                     settings.max_seconds)
     prefill = row["prefill"]["tokens_per_s"] if row["prefill"] else "-"
     log(f"{kind} {variant} B={batch} L={length}: prefill {prefill} tok/s, decode {row['decode']['tokens_per_s']} tok/s")
     return row, cache
@@ -242,7 +243,8 @@ def _compiled_rows(model, kind: str, dtype: str, weights: str, settings: ModelBe
             steady = _until_steady(step, cache, token)
             decode = measure_decode(model, cache, 1, settings, device, context)
             if kind == "liger" and length == min(settings.lengths):
-                decode["bandwidth_in_turns"] = bandwidth_in_turns(model, cache, settings, device)
+                decode["bandwidth_in_turns"] = bandwidth_in_turns(model, cache, device, settings.decode_tokens,
+                                                                  settings.max_seconds)
             rows.append({"model": kind, "dtype": dtype, "weights": weights, "variant": variant, "batch": 1,
                          "length": length, "prefill": None, "compiled": steady,
                          "decode": {**decode, "first_step_s": round(first_step_s, 3)}})
