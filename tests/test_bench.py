@@ -193,6 +193,68 @@ def test_cli_bench_ops_and_bad_lengths(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+def test_random_model_has_the_configs_architecture_seeded_weights_and_leaves_the_global_rng(tmp_path):
+    from liger_lm.models import random_model
+
+    saved = tiny_model("qwen2")
+    saved.config.save_pretrained(tmp_path / "qwen2")
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    from_folder = random_model(str(tmp_path / "qwen2"))
+    assert torch.equal(torch.rand(3), expected_next)  # the seeded build ran in a forked RNG
+    from_file = random_model(str(tmp_path / "qwen2" / "config.json"))
+    other_seed = random_model(str(tmp_path / "qwen2"), seed=1)
+    assert type(from_folder) is type(saved) and not from_folder.training
+    settings = [{k: v for k, v in m.config.to_dict().items() if k != "_name_or_path"} for m in (from_folder, from_file)]
+    assert settings[0] == settings[1]
+    shapes = {name: p.shape for name, p in saved.named_parameters()}
+    assert {name: p.shape for name, p in from_folder.named_parameters()} == shapes
+    weight = "model.layers.0.self_attn.q_proj.weight"
+    parameters = [dict(m.named_parameters())[weight] for m in (from_folder, from_file, other_seed, saved)]
+    assert torch.equal(parameters[0], parameters[1])
+    assert not torch.equal(parameters[0], parameters[2]) and not torch.equal(parameters[0], parameters[3])
+
+
+@pytest.mark.parametrize("name,message", [("missing/config.json", "does not exist"),
+                                          ("{tmp}", "has no config.json"),
+                                          ("{tmp}/bad.json", "cannot read the config")])
+def test_random_model_refuses_a_bad_config_in_one_line(tmp_path, name, message):
+    from liger_lm.models import ModelLoadError, random_model
+
+    (tmp_path / "bad.json").write_text(json.dumps({"hidden_size": 8}))
+    with pytest.raises(ModelLoadError, match=message) as err:
+        random_model(name.format(tmp=tmp_path))
+    assert "\n" not in str(err.value)
+
+
+def test_cli_bench_random_init_from_a_config_file(tmp_path):
+    from conftest import liger_in_process as liger
+
+    tiny_model("llama").config.save_pretrained(tmp_path / "cfg")
+    common = ("--lengths", "16", "--batch", "1", "--dtype", "fp32", "--decode-tokens", "2", "--repeats", "1",
+              "--train-steps", "0", "--forward-length", "16", "--no-llama-cpp")
+    done = liger("bench", "--model", tmp_path / "cfg" / "config.json", "--random-init", *common,
+                 "--out", tmp_path / "b")
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "b" / "model.json").read_text())
+    assert results["random_weights"] is True and results["base_attention"] == "sdpa"
+    assert {(r["model"], r["length"]) for r in results["rows"]} == {("base", 16), ("liger", 16)}
+    table = (tmp_path / "b" / "model.md").read_text()
+    assert table.startswith(f"Model {tmp_path / 'cfg' / 'config.json'} (random weights from its config)")
+    missing = liger("bench", "--model", tmp_path / "nothing.json", "--random-init", *common, "--out", tmp_path / "c")
+    last = missing.stderr.strip().splitlines()[-1]  # after the progress line, one line and no traceback
+    assert missing.returncode != 0 and last.startswith("error:") and "does not exist" in last
+    assert "Traceback" not in missing.stderr and not (tmp_path / "c").exists()
+
+
+def test_package_version():
+    from liger_lm.hardware import package_version
+
+    assert package_version("torch") == torch.__version__
+    assert package_version("no-such-distribution-here") is None
+
+
 class FakeLlama:
     """Stands in for llama_cpp.Llama: records what the benchmark asks of it in a file (it runs in a forked child),
     sleeps a little per evaluated token."""

@@ -36,6 +36,7 @@ __all__ = [
     "presets",
     "QuantizedLinear",
     "quantize_for_decode",
+    "random_model",
 ]
 
 
@@ -60,7 +61,7 @@ def _import_api() -> None:
     global LigerConfig, LigerConfigError, convert, is_converted, UnsupportedModelError, LigerCacheLayer
     global FEATURE_MAPS, GATES, decode_layout, LigerAttention, evaluation, presets
     global DEFAULT_MODEL_NOTE, load_default_model, load_model, DEFAULT_PRESET, PRESETS, QuantizedLinear
-    global quantize_for_decode, compiled_decode
+    global quantize_for_decode, compiled_decode, random_model
     from .config import LigerConfig, LigerConfigError
     from .convert import convert, is_converted
     from .modeling.adapters import UnsupportedModelError
@@ -70,7 +71,7 @@ def _import_api() -> None:
     from .modeling.hf import register_auto_classes
     from .modeling.layout import decode_layout
     from .modeling.mixer import LigerAttention
-    from .models import DEFAULT_MODEL_NOTE, load_default_model, load_model
+    from .models import DEFAULT_MODEL_NOTE, load_default_model, load_model, random_model
     from .presets import DEFAULT_PRESET, PRESETS
     from .quantize import QuantizedLinear, quantize_for_decode
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import os
 import platform
 import re
@@ -75,12 +76,22 @@ def environment(device: torch.device) -> dict:
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+        info["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
         info["cuda"] = torch.version.cuda
+        info["triton"] = package_version("triton")
     from .ops.fla_backend import fla_available, fla_version, get_backend
 
     info["fla_core"] = fla_version()
     info["gla_backend"] = get_backend() + (" (fla kernels on CUDA)" if fla_available() else " (pure PyTorch)")
     return info
+
+
+def package_version(package: str) -> str | None:
+    """The installed distribution's version, or None where it is not installed."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _cpu_name() -> str:

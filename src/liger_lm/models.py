@@ -81,19 +81,11 @@ def load_model(
     if name.endswith(".gguf"):
         return load_gguf(name, dtype)
     local = Path(name)
-    if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
-        raise ModelLoadError(f"model folder {name} does not exist")
     if local.is_dir() and (local / "adapter_config.json").is_file():
         return load_adapter(local, dtype)
-    if local.is_dir() and not (local / "config.json").is_file():
-        raise ModelLoadError(f"{name} has no config.json: not a transformers model folder")
+    _check_local(name, "model folder")
     try:
-        config = AutoConfig.from_pretrained(name)
-        if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:  # e.g. an encoder: refuse before reading any weights
-            raise ModelLoadError(
-                f"{name} is a {config.model_type!r} model, not a causal (decoder) language model; "
-                "liger-lm loads causal LMs and converts Llama, Mistral, Qwen2 and Qwen3"
-            )
+        _causal_config(name)  # e.g. an encoder: refused before reading any weights
         with _load_report_silenced(strict):  # strict: our one-line error replaces transformers' table
             model, info = AutoModelForCausalLM.from_pretrained(
                 name, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True, **LOAD_OPTIONS
@@ -113,6 +105,49 @@ def load_model(
             f"{name}: config.json is not valid ({err.__cause__ or err}); fix config.json or save the model again"
         ) from err
     return _ready(model, tokenizer)
+
+
+def random_model(name: str = "default", dtype: torch.dtype = torch.float32, seed: int = 0) -> PreTrainedModel:
+    """A causal LM of `name`'s architecture with random weights (transformers' initialisation, seeded), for speed and
+    memory measurements where the weights are not at hand (a GPU machine without them, a large model's
+    architecture): `default` (the embedded model's config), a folder with config.json, a config .json file or a
+    Hugging Face Hub id (its config.json only). In eval mode; no tokenizer."""
+    if name == "default":
+        path = default_gguf_path()
+        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    else:
+        _check_local(name, "model config")
+        try:
+            config = _causal_config(name)
+        except (OSError, ValueError, StrictDataclassError) as err:  # no Hub, no model_type, contradictions
+            raise ModelLoadError(f"cannot read the config of {name!r}: {str(err).splitlines()[0]}") from err
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def _check_local(name: str, kind: str) -> None:
+    """Refuse in one line a local path that does not exist or a folder without config.json; a name that could be a
+    Hub id ("org/model") passes."""
+    local = Path(name)
+    if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith(".json")):
+        raise ModelLoadError(f"{kind} {name} does not exist")
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise ModelLoadError(f"{name} has no config.json: not a transformers model folder")
+
+
+def _causal_config(name: str):
+    """`name`'s config (folder, config file or Hub id), refused in one line unless it is a causal language model."""
+    config = AutoConfig.from_pretrained(name)
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise ModelLoadError(
+            f"{name} is a {config.model_type!r} model, not a causal (decoder) language model; "
+            "liger-lm loads causal LMs and converts Llama, Mistral, Qwen2 and Qwen3"
+        )
+    return config
 
 
 @contextmanager

@@ -55,6 +55,10 @@ class BenchOptions:
     model: str = field(default="default", metadata={
         "help": "'default' (embedded SmolLM2-135M-Instruct, Q4_1 GGUF), a Hugging Face id, a local folder or a "
                 ".gguf file."})
+    random_init: bool = field(default=False, metadata={
+        "help": "Build --model from its config with random weights instead of loading them (a config .json file "
+                "also works): speed and memory do not depend on the weights, so a GPU machine without them, or a "
+                "large model's architecture, can be measured."})
     ops: bool = field(default=False, metadata={
         "help": "Op level instead: chunked vs naive GLA vs torch SDPA, blocked vs naive SWA."})
     lengths: list[int] = field(default_factory=lambda: [1024, 4096, 16384], metadata={
@@ -153,17 +157,15 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = lambda _: 
         write_outputs(options.out, "ops", results, plot_ops)
         return results
     if model is None:
-        from ..models import load_model
-
-        log(f"loading {options.model}")
-        model, _ = load_model(options.model)
+        model = _base_model(options, log)
     settings = ModelBenchSettings(
         lengths=options.lengths, batches=options.batches, dtypes=options.dtypes,
         decode_tokens=options.decode_tokens, repeats=options.repeats, max_seconds=options.max_seconds,
         short_prefill=options.short_prefill, prefill_token_cap=options.prefill_token_cap,
         forward_length=options.forward_length, weights=tuple(options.weights), compile=options.compile,
     )
-    results.update(kind="model", model=options.model, liger=vars(options.liger).copy(),
+    results.update(kind="model", model=options.model, random_weights=options.random_init,
+                   base_attention=model.config._attn_implementation, liger=vars(options.liger).copy(),
                    protocol=" ".join(MODEL_PROTOCOL.split()))
     results.update(run_model_benchmark(model, options.liger, settings, device, log))
     results["llama_cpp"] = _llama_cpp(options, device, log)
@@ -179,6 +181,17 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = lambda _: 
     for line in table.splitlines():
         log(line)
     return results
+
+
+def _base_model(options: BenchOptions, log: Callable[[str], None]):
+    """The base model `options.model` names: loaded, or with `random_init` built from its config."""
+    from ..models import load_model, random_model
+
+    if options.random_init:
+        log(f"building {options.model} from its config with random weights")
+        return random_model(options.model)
+    log(f"loading {options.model}")
+    return load_model(options.model)[0]
 
 
 def _preset_of(liger: LigerConfig):

@@ -121,7 +121,10 @@ def _prefill_scaling(results: dict, variant: str, short: int, long: int) -> dict
 
 def decode_table(results: dict) -> str:
     """Markdown: prefill and decode tok/s of every row (variant, model, batch, length), llama.cpp's rows last."""
-    lines = ["| variant | model | batch | context | prefill tok/s | decode tok/s | cache/state MB |",
+    lines = [f"Model {results.get('model', '?')} ({_weights_note(results)}), base attention "
+             f"{results.get('base_attention', 'as loaded')}, GLA backend "
+             f"{results['environment'].get('gla_backend', '?')}.", "",
+             "| variant | model | batch | context | prefill tok/s | decode tok/s | cache/state MB |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in sorted(results["rows"], key=lambda r: (r["batch"], r["length"], _variant(r), r["model"])):
         prefill = f"{r['prefill']['tokens_per_s']:,.1f}" if r["prefill"] else "–"
@@ -141,6 +144,10 @@ def decode_table(results: dict) -> str:
         lines += [f"| {objective} | {stage['s_per_step']:.2f} | {stage['tokens_per_s']:,.1f} |"
                   for objective, stage in training["stages"].items()]
     return "\n".join(lines)
+
+
+def _weights_note(results: dict) -> str:
+    return "random weights from its config" if results.get("random_weights") else "its own weights"
 
 
 def ops_summary(results: dict) -> dict:

@@ -15,7 +15,6 @@ Mapping to fla-core 0.6 (inputs [B, T, H, D], state [B, H, K, V] fp32, log-decay
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -62,10 +61,9 @@ def fla_available() -> bool:
 
 
 def fla_version() -> str | None:
-    try:
-        return importlib.metadata.version("fla-core")
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    from ..hardware import package_version
+
+    return package_version("fla-core")
 
 
 def fla_selected(tensor: torch.Tensor, backend: str | None = None) -> bool:
