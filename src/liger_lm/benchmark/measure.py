@@ -120,7 +120,7 @@ class PeakMemory:
     peak, not in the increase; freed memory may stay resident). On Linux the kernel keeps the peak (reset at entry,
     read at exit): exact, and nothing runs beside the measured code. Elsewhere (or with `sample=True`) a thread
     samples the RSS every 5 ms; that thread takes the GIL and a core from the code it measures, which made a
-    compiled decode step 4–5 % slower on a 2-core CPU (README: Speed and memory).
+    compiled decode step 4–5 % slower on a 2-core CPU (docs/speed-log.md).
     """
 
     device: torch.device

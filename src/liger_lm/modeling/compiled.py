@@ -46,8 +46,8 @@ def compiled_decode(model: nn.Module, backend: str = "inductor", mode: str | Non
     it around inference: `with compiled_decode(model): model.generate(...)`. On exit `model.forward` is the eager one
     again, and so is every linear layer's. Around `decode_layout`, use `decode_layout(model, for_compile=True)`.
     With inductor and no `mode`, `options` go on top of `STEP_OPTIONS`, which skip dynamo's guards on the modules:
-    the model's modules and weights must stay as they are inside the block. These defaults won on a CPU (README:
-    Speed and memory); `options={"cpp_wrapper": True, "cpp_wrapper_build_separate": True}` calls the kernels from
+    the model's modules and weights must stay as they are inside the block. These defaults won on a CPU
+    (docs/speed-log.md); `options={"cpp_wrapper": True, "cpp_wrapper_build_separate": True}` calls the kernels from
     C++ instead of Python, 2 % faster there on top of them (without building the kernels separately, the C++ file
     did not compile in 10 minutes)."""
     if backend == "inductor" and next(model.parameters()).device.type == "cpu":
@@ -95,7 +95,7 @@ def compiled_decode(model: nn.Module, backend: str = "inductor", mode: str | Non
 # next to its use, after the write of the new token. Its reinplace pass then sees the old buffer read after the
 # write and keeps the write functional: a copy of the whole window buffer and a copy back, for keys and values, in
 # every layer and step. Without that pass the slot is written in place: 22.55 instead of 23.49 ms a step at fp32
-# (`scripts/step_overhead.py`; README: Speed and memory).
+# (`scripts/step_overhead.py`; docs/speed-log.md).
 STEP_OPTIONS = {"size_asserts": False, "reorder_for_locality": False}
 if hasattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe"):
     STEP_OPTIONS["guard_filter_fn"] = torch.compiler.skip_guard_on_all_nn_modules_unsafe

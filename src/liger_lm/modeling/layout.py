@@ -11,7 +11,7 @@ equal up to fp32 rounding):
     left as it is.
   * **column-major wide weights**: MKL reads a wide W [out, in] (out > in: the stacked projections, the LM head)
     faster stored column-major than row-major, while narrow weights read slower (`python scripts/matvec_layout.py`
-    measures both, and the fused against the separate calls; numbers in the README, Speed and memory). Not with
+    measures both, and the fused against the separate calls; numbers in docs/speed-log.md). Not with
     `for_compile=True`: a compiled step reads single-row products as a reduction (`quantize.reduction_linear`),
     which is fastest on row-major weights.
 
