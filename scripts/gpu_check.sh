@@ -67,8 +67,8 @@ info["peft"] = package_version("peft")
 print(json.dumps(info, indent=1))
 json.dump(info, open(out, "w"), indent=1)
 if device.type == "cuda" and "fla kernels" not in info["gla_backend"]:
-    sys.exit("gpu_check: fla's GLA kernels do not import here (fla-core and Triton): the check would measure "
-             "the PyTorch ops")
+    sys.exit("gpu_check: fla's GLA kernels do not import here (fla-core and Triton): the bench below measures "
+             "the PyTorch ops instead")
 if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9:
     from packaging.version import Version
     if info["triton"] is None or Version(info["triton"]) < Version(hopper_triton):

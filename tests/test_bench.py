@@ -218,11 +218,13 @@ def test_random_model_has_the_configs_architecture_seeded_weights_and_leaves_the
 
 @pytest.mark.parametrize("name,message", [("missing/config.json", "does not exist"),
                                           ("{tmp}", "has no config.json"),
-                                          ("{tmp}/bad.json", "cannot read the config")])
+                                          ("{tmp}/bad.json", "cannot read the config"),
+                                          ("{tmp}/encoder.json", "^[^:]*encoder.json is a 't5' model, not a causal")])
 def test_random_model_refuses_a_bad_config_in_one_line(tmp_path, name, message):
     from liger_lm.models import ModelLoadError, random_model
 
     (tmp_path / "bad.json").write_text(json.dumps({"hidden_size": 8}))
+    (tmp_path / "encoder.json").write_text(json.dumps({"model_type": "t5"}))
     with pytest.raises(ModelLoadError, match=message) as err:
         random_model(name.format(tmp=tmp_path))
     assert "\n" not in str(err.value)

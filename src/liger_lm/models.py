@@ -119,6 +119,8 @@ def random_model(name: str = "default", dtype: torch.dtype = torch.float32, seed
         _check_local(name, "model config")
         try:
             config = _causal_config(name)
+        except ModelLoadError:
+            raise
         except (OSError, ValueError, StrictDataclassError) as err:  # no Hub, no model_type, contradictions
             raise ModelLoadError(f"cannot read the config of {name!r}: {str(err).splitlines()[0]}") from err
     if hasattr(config, "quantization_config"):
