@@ -10,7 +10,7 @@
 # 3.12 wheels: transformers 5.24 (tested, and the newest that still runs on huggingface-hub 1.x: 5.25 needs hub 2.4
 # and the `kernels` package), peft at the lock's version and fla-core; and it writes the default model's config.json:
 # the bench builds the model from it with random weights (`--random-init`), since the speed of a step does not depend
-# on the weights and the 94 MB GGUF need not travel. `run` writes everything under $OUT (default: gpu_check/):
+# on the weights and the 94 MiB GGUF need not travel. `run` writes everything under $OUT (default: gpu_check/):
 # log.txt, versions.json, pytest.txt and bench/ (model.json, model.md, model.png). Settings for a dry run elsewhere:
 # GPU_CHECK_DEVICE (cuda), GPU_CHECK_LENGTHS (1k,16k,32k), GPU_CHECK_BATCH (1,16), GPU_CHECK_DTYPE (bf16),
 # GPU_CHECK_SECONDS (the bench's time limit, 330 s; the tests get 150 s, so that the whole run stays under 10
@@ -37,11 +37,8 @@ prepare() {
         || { echo "gpu_check prepare: pip download failed" >&2; exit 1; }
     "$python" - "$WHEELS/default-model" <<'EOF' || exit 1
 import sys
-from transformers import AutoConfig
-from liger_lm.models import default_gguf_path
-path = default_gguf_path()
-config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
-config.save_pretrained(sys.argv[1])
+from liger_lm.models import default_config
+default_config().save_pretrained(sys.argv[1])
 EOF
     ls -l "$WHEELS" "$WHEELS/default-model"
     echo "gpu_check prepare: done; on the GPU machine carry $WHEELS and run: bash scripts/gpu_check.sh run"

@@ -44,6 +44,12 @@ def load_default_model(dtype: torch.dtype = torch.float32) -> tuple[PreTrainedMo
     return load_gguf(default_gguf_path(), dtype=dtype)
 
 
+def default_config():
+    """The embedded default model's config, read from its GGUF's metadata (no weights loaded)."""
+    path = default_gguf_path()
+    return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
     """Load a GGUF file, dequantise it and rebuild a plain (saveable, convertible) transformers model."""
     path = Path(path)
@@ -113,8 +119,7 @@ def random_model(name: str = "default", dtype: torch.dtype = torch.float32, seed
     architecture): `default` (the embedded model's config), a folder with config.json, a config .json file or a
     Hugging Face Hub id (its config.json only). In eval mode; no tokenizer."""
     if name == "default":
-        path = default_gguf_path()
-        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        config = default_config()
     else:
         _check_local(name, "model config")
         try:
