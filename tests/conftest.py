@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from liger_lm.compat import with_cache
+from liger_lm.modeling.compiled import MIN_COMPILE_TORCH, torch_compiles_decode_steps
 
 COMMON = dict(
     vocab_size=97,
@@ -45,6 +46,11 @@ FAMILIES = {
     # Qwen3: q/k norms and head_dim != hidden / heads
     "qwen3": (Qwen3ForCausalLM, Qwen3Config, dict(head_dim=16)),
 }
+
+
+# Older torch releases fail to compile these models, and liger-lm refuses `--compile` there (`compiled.py`).
+needs_torch_compile = pytest.mark.skipif(not torch_compiles_decode_steps(),
+                                         reason=f"compiling the decode steps needs torch >= {MIN_COMPILE_TORCH}")
 
 
 def tiny_model(family: str, seed: int = 0, **overrides):

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import needs_torch_compile, tiny_model
 
 import liger_lm
 from liger_lm.compat import with_cache
@@ -37,6 +37,7 @@ CASES = {DEFAULT_PRESET: PRESETS[DEFAULT_PRESET].liger, "paper": PRESETS["paper"
 
 @pytest.mark.parametrize("case", CASES)
 @torch.no_grad()
+@needs_torch_compile
 def test_compiled_generate_gives_the_eager_tokens_and_compiles_once(case, frame_compiles):
     """Greedy generate of a left-padded batch: a prompt shorter than the window (its first steps fill the buffer and
     the sinks eagerly), then steady steps through inductor, the padded row's window still holding its padding. The
@@ -57,6 +58,7 @@ def test_compiled_generate_gives_the_eager_tokens_and_compiles_once(case, frame_
 
 
 @torch.no_grad()
+@needs_torch_compile
 def test_step_options_keep_the_guards_on_the_inputs(frame_compiles):
     """`STEP_OPTIONS` skips dynamo's guards on the modules, not those on the inputs: in one block a batch of one row,
     then of two, gets a graph each and the eager tokens each."""
@@ -78,6 +80,7 @@ WEIGHT_PRODUCTS = {"aten::mm", "aten::addmm", "aten::mv", "aten::linear", "aten:
 
 @pytest.mark.parametrize("fmt", ["fp32", "bf16", "int8"])
 @torch.no_grad()
+@needs_torch_compile
 def test_batch_one_compiled_steps_read_every_weight_in_a_reduction_kernel(fmt, frame_compiles):
     """At batch 1, inside `decode_layout(for_compile=True)`, a compiled step calls no matrix-product operator: every
     weight (fused q/k/v and gate/up, o, down, the LM head; fp32, bf16 or int8) is read by an inductor reduction
@@ -113,6 +116,7 @@ def _steady_cache(model, tokens):
 
 
 @torch.no_grad()
+@needs_torch_compile
 def test_compiled_steady_step_writes_the_ring_slot_in_place():
     """With `STEP_OPTIONS`, inductor's code for a steady default-preset step writes the new token into its ring slot
     and never copies a whole window buffer. With inductor's `reorder_for_locality` (its default) the same step copies
@@ -162,6 +166,7 @@ def _invoke(*args):
     return CliRunner().invoke(app, list(args))
 
 
+@needs_torch_compile
 def test_generate_compile_prints_the_eager_text(tiny_model_dir, tmp_path, monkeypatch):
     from liger_lm.modeling import compiled as compiled_module
 
@@ -178,15 +183,44 @@ def test_generate_compile_prints_the_eager_text(tiny_model_dir, tmp_path, monkey
     assert sum(steady) >= 8  # the steps after the sinks left the window buffer ran compiled
 
 
+@pytest.mark.parametrize("missing", ["C++ compiler", "newer torch"])
 @pytest.mark.parametrize("command", ["generate", "bench"])
-def test_compile_without_a_cpp_compiler_fails_in_one_line(command, tiny_model_dir, tmp_path, monkeypatch):
+def test_compile_that_cannot_build_fails_in_one_line(command, missing, tiny_model_dir, tmp_path, monkeypatch):
+    """No C++ compiler for inductor's CPU kernels, or a torch too old to compile these models: refused before any
+    load or output."""
     from conftest import liger_in_process
 
     args = {"generate": ["generate", str(tiny_model_dir), "--prompt", "w5"],
             "bench": ["bench", "--model", str(tiny_model_dir), "--out", str(tmp_path / "bench")]}[command]
-    monkeypatch.delenv("CXX", raising=False)
-    monkeypatch.setenv("PATH", str(tmp_path))  # no g++
+    if missing == "C++ compiler":
+        monkeypatch.setattr(torch, "__version__", "2.13.0")  # on an older torch, that refusal would come first
+        monkeypatch.delenv("CXX", raising=False)
+        monkeypatch.setenv("PATH", str(tmp_path))  # no g++
+        message = "needs a C++ compiler (g++ or clang++) on PATH"
+    else:
+        monkeypatch.setattr(torch, "__version__", "2.12.1")
+        message = "needs torch >= 2.13 (found 2.12.1"
     done = liger_in_process(*args, "--compile")
     assert done.returncode == 2
-    assert "needs a C++ compiler (g++ or clang++) on PATH" in done.stderr and "Traceback" not in done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "bench").exists()  # refused before any output
+
+
+def test_compiled_decode_refuses_a_torch_too_old_to_compile_it(monkeypatch):
+    from liger_lm.errors import CompileUnavailableError
+
+    model = tiny_model("llama")
+    monkeypatch.setattr(torch, "__version__", "2.6.0+cpu")
+    with pytest.raises(CompileUnavailableError, match=r"needs torch >= 2\.13 \(found 2\.6\.0\+cpu"), \
+            compiled_decode(model):
+        pass
+    assert "forward" not in vars(model)  # refused before the forward was swapped
+
+
+@pytest.mark.parametrize(("version", "compiles"), [("2.9.1", False), ("2.12.1+cpu", False), ("2.13.0", True),
+                                                   ("2.13.0+cpu", True), ("2.15.0+cu132", True)])
+def test_torch_versions_that_compile_the_decode_steps(version, compiles, monkeypatch):
+    from liger_lm.modeling.compiled import torch_compiles_decode_steps
+
+    monkeypatch.setattr(torch, "__version__", version)  # a plain str: compared as versions, not as text
+    assert torch_compiles_decode_steps() is compiles

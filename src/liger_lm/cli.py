@@ -522,15 +522,15 @@ def generate(
     """Generate text with a (converted) model using the constant-memory Liger cache."""
     from .generation import check_prompts, generate_text
     from .hardware import resolve_device
-    from .modeling.compiled import check_cpp_compiler
+    from .modeling.compiled import check_compile_support
     from .models import load_model
     from .quantize import check_format, quantize_for_decode
 
     check_prompts(prompt)
     check_format(weights, "--weights")
     target = resolve_device(device, ModelLoadError)  # before loading: a missing GPU must not cost a model load
-    if compile and target.type == "cpu":  # nor a missing C++ compiler
-        check_cpp_compiler()
+    if compile:  # nor a torch or a C++ compiler that cannot compile the steps
+        check_compile_support(target)
     with console.status(f"loading {model_dir}"):
         model, tokenizer = load_model(model_dir)
     model.to(target)

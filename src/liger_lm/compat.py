@@ -1,4 +1,4 @@
-"""Differences between the transformers releases we support (5.23 and 5.24), in one place: the cache argument's
+"""Differences between the transformers releases we support (5.23 to 5.25), in one place: the cache argument's
 name, the name of the activation (gradient) checkpointing switch (peft still reads the old one), and Hub kernels
 at load time (`LOAD_OPTIONS`).
 

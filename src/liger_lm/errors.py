@@ -66,7 +66,8 @@ class BackendError(LigerError, ValueError):
 
 
 class CompileUnavailableError(LigerError, RuntimeError):
-    """torch.compile cannot build here (no C++ compiler for inductor on CPU); the message says what to do."""
+    """torch.compile cannot build here (torch too old, or no C++ compiler for inductor on CPU); the message says
+    what to do."""
 
 
 class HarnessArgumentError(LigerError, ValueError):

@@ -124,10 +124,10 @@ class BenchOptions:
         if self.llama_cpp_weights not in WEIGHT_CHOICES:
             raise BenchmarkError(f"--llama-cpp-weights: unknown {self.llama_cpp_weights!r}; choose from "
                                  f"{', '.join(WEIGHT_CHOICES)}")
-        if self.torch_device().type == "cpu" and self.compile and not self.ops:
-            from ..modeling.compiled import check_cpp_compiler
+        if self.compile and not self.ops:
+            from ..modeling.compiled import check_compile_support
 
-            check_cpp_compiler()
+            check_compile_support(self.torch_device())
 
     def torch_device(self) -> torch.device:
         from ..hardware import resolve_device

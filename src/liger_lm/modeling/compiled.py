@@ -30,6 +30,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.torch_version import TorchVersion
 from transformers.cache_utils import Cache
 
 from ..compat import pop_cache
@@ -50,8 +51,7 @@ def compiled_decode(model: nn.Module, backend: str = "inductor", mode: str | Non
     (docs/speed-log.md); `options={"cpp_wrapper": True, "cpp_wrapper_build_separate": True}` calls the kernels from
     C++ instead of Python, 2 % faster there on top of them (without building the kernels separately, the C++ file
     did not compile in 10 minutes)."""
-    if backend == "inductor" and next(model.parameters()).device.type == "cpu":
-        check_cpp_compiler()
+    check_compile_support(next(model.parameters()).device, backend)
     if backend == "inductor" and mode is None:
         options = {**STEP_OPTIONS, **(options or {})}
     eager = model.forward
@@ -101,8 +101,28 @@ if hasattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe"):
     STEP_OPTIONS["guard_filter_fn"] = torch.compiler.skip_guard_on_all_nn_modules_unsafe
 
 
-def check_cpp_compiler() -> None:
-    """inductor writes C++ for CPU kernels: refuse up front, in one line, where no compiler is on PATH."""
+# The oldest torch on which every compiled-step test passed (5 December 2026, the README's "Dependencies and the
+# lock"). Older ones failed at the first compiled step: 2.6's dynamo inside transformers' masks (which call
+# `torch.compiler.is_exporting`, missing there), 2.7's inside the mixer (an internal TypeError), and on 2.10, 2.11
+# and 2.12 the base model and the hybrid preset (softmax layers with a KV cache), 2.10's and 2.12's inductor writing
+# C++ that gcc 12 does not compile.
+MIN_COMPILE_TORCH = "2.13"
+
+
+def torch_compiles_decode_steps() -> bool:
+    """Whether this torch is one that compiles the decode steps (`MIN_COMPILE_TORCH` or newer)."""
+    return TorchVersion(torch.__version__) >= MIN_COMPILE_TORCH
+
+
+def check_compile_support(device: torch.device, backend: str = "inductor") -> None:
+    """Refuse up front, in one line, where a compiled decode step cannot build: a torch older than
+    `MIN_COMPILE_TORCH`, or inductor on CPU, which writes C++ kernels, with no C++ compiler on PATH."""
+    if not torch_compiles_decode_steps():
+        raise CompileUnavailableError(f"compiling the decode step needs torch >= {MIN_COMPILE_TORCH} (found "
+                                      f"{torch.__version__}, whose torch.compile fails on these models); upgrade "
+                                      "torch or run without --compile")
+    if backend != "inductor" or device.type != "cpu":
+        return
     if not any(shutil.which(name) for name in (os.environ.get("CXX", "g++"), "g++", "clang++", "c++")):
         raise CompileUnavailableError("compiling the decode step on CPU needs a C++ compiler (g++ or clang++) on "
                                       "PATH; install one (e.g. apt install g++) or run without --compile")
