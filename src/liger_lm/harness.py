@@ -31,7 +31,7 @@ try:
     from lm_eval.api.registry import model_registry
     from lm_eval.models.huggingface import HFLM
 except ImportError as err:  # pragma: no cover - exercised only without the optional dependency
-    raise ImportError("liger_lm.harness needs lm-eval: pip install 'liger-lm[eval]' (lm-eval>=0.4.5,<0.5)") from err
+    raise ImportError("liger_lm.harness needs lm-eval: pip install 'liger-lm[eval]' (lm-eval>=0.4.10,<0.5)") from err
 
 from .errors import HarnessArgumentError  # noqa: F401 (re-exported)
 from .hardware import resolve_device
