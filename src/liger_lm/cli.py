@@ -288,10 +288,11 @@ def given(ctx: typer.Context, key: str) -> dict[str, Any]:
     """The fields of source `key` that the command line (or the environment) gave, empty values included:
     `--stages none` overrides a preset's stages, a left-out option overrides nothing."""
     values = {}
+    repeatable = {p.name for p in ctx.command.params if getattr(p, "multiple", False)}
     for name, source in ctx.command.keys.items():
         value, origin = ctx.params.get(name), ctx.get_parameter_source(name)
         if source == key and value is not None and origin is not None and origin.name not in ("DEFAULT", "DEFAULT_MAP"):
-            values[name] = value
+            values[name] = list(value) if name in repeatable else value  # typer < 0.29 gives a tuple
     return values
 
 
