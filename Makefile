@@ -20,11 +20,13 @@ TORCH_CPU_VERSION ?= $(or $(shell sed -n 's/^torch==//p' $(LOCK) 2>/dev/null),2.
 HAVE_GPU = $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TORCH = $(if $(HAVE_GPU),torch,torch==$(TORCH_CPU_VERSION))
 
-# Prints the version of each of liger-lm's direct dependencies that the venv got, beside the lock's.
+# Prints the version of each of liger-lm's direct dependencies (the test extra's included) that the venv got, beside
+# the lock's.
 SHOW_VERSIONS := 'import importlib.metadata as m, re; \
 	key = lambda name: re.sub(r"[-_.]+", "-", name).lower(); \
 	lock = {key(n): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", open("$(LOCK)").read(), re.M)}; \
-	names = [re.match(r"[A-Za-z0-9_.-]+", r)[0] for r in m.requires("liger-lm") if "extra ==" not in r] + ["lm-eval"]; \
+	names = [re.match(r"[A-Za-z0-9_.-]+", r)[0] for r in m.requires("liger-lm") \
+		if "extra ==" not in r or "extra == \"test\"" in r]; \
 	[print("%-13s %-14s (lock %s)" % (n, m.version(n), lock.get(key(n), "-"))) for n in names]'
 
 # Fast subset for test-latest (about a minute on 2 cores): decode = prefill, left padding = rows alone, generate with
